@@ -1,0 +1,29 @@
+import Foundation
+import Gateway
+import Logging
+import ServiceKit
+import Users
+
+/// Everything `verteilt serve` can be told; defaults are what a newcomer gets.
+public struct AppConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    /// A SQLite file path, or `postgres://user:pass@host:port/db`.
+    public var databaseURL = "data/verteilt.sqlite"
+    public var logLevel: Logger.Level = .info
+    /// bcrypt work factor (4...31); 12 takes about a quarter second per hash.
+    public var bcryptCost: UInt8 = 12
+    public var gateway = Gateway.Configuration()
+    public var users = UsersService.Configuration()
+
+    public init() {}
+
+    /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`.
+    public mutating func applyEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) {
+        if let v = env["VERTEILT_HOST"], !v.isEmpty { host = v }
+        if let v = env["VERTEILT_PORT"].flatMap(Int.init) { port = v }
+        if let v = env["DATABASE_URL"], !v.isEmpty { databaseURL = v }
+        if let v = env["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) { logLevel = v }
+        if let v = env["BCRYPT_COST"].flatMap(UInt8.init) { bcryptCost = v }
+    }
+}

@@ -1,0 +1,114 @@
+import Foundation
+import ServiceKit
+import Storage
+
+/// One-time codes (API.md `codes/*`), e.g. for password reset. A code goes back to its caller,
+/// so only service keys (trusted backends that deliver it themselves) may use this service.
+public struct CodesService: ServiceDefinition {
+    public let name = "codes"
+    let db: any Database
+    /// Wrong guesses allowed before a code is destroyed.
+    static let maxAttempts = 5
+    static let defaultLifetime = 5.0 * 60
+    static let maxLifetime = 24.0 * 3600
+
+    public init(db: any Database) { self.db = db }
+
+    public static let migrations = [
+        Migration(service: "codes", version: 1, [
+            """
+            CREATE TABLE codes (
+                identity TEXT PRIMARY KEY,
+                code_hash TEXT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                attempts BIGINT NOT NULL DEFAULT 0)
+            """
+        ])
+    ]
+
+    public struct CreateRequest: Codable, Sendable {
+        public var identity: String
+        public var expiresAt: Timestamp?
+    }
+
+    public struct CreateResponse: Codable, Sendable {
+        public var code: String
+    }
+
+    public struct VerifyRequest: Codable, Sendable {
+        public var identity: String
+        public var code: String
+    }
+
+    public var endpoints: [Endpoint] {
+        [
+            Endpoint(service: name, method: "Create",
+                     summary: "A new six-digit code for an identity (replaces any earlier one).",
+                     access: .serviceKey, handler: create),
+            Endpoint(service: name, method: "Verify",
+                     summary: "Check and consume a code; wrong or expired codes fail.",
+                     access: .serviceKey, handler: verify),
+        ]
+    }
+
+    func create(_ req: CreateRequest, _ ctx: CallContext) async throws -> CreateResponse {
+        let identity = try Validate.name(req.identity, field: "identity", maxLength: 256)
+        let now = Timestamp.now()
+        let expires = req.expiresAt ?? now.adding(seconds: Self.defaultLifetime)
+        guard expires > now else { throw ServiceError.invalidField("expires_at", "must be in the future") }
+        guard expires <= now.adding(seconds: Self.maxLifetime) else {
+            throw ServiceError.invalidField("expires_at", "must be at most 24 hours ahead")
+        }
+        var rng = SystemRandomNumberGenerator()
+        let code = String(format: "%06d", Int.random(in: 0..<1_000_000, using: &rng))
+        try await db.write { tx in
+            try await tx.query(
+                """
+                INSERT INTO codes (identity, code_hash, expires_at, attempts) VALUES ($1, $2, $3, 0)
+                ON CONFLICT (identity) DO UPDATE SET code_hash = $2, expires_at = $3, attempts = 0
+                """, identity, Self.hash(identity, code), expires)
+        }
+        return CreateResponse(code: code)
+    }
+
+    func verify(_ req: VerifyRequest, _ ctx: CallContext) async throws -> Empty {
+        let identity = try Validate.name(req.identity, field: "identity", maxLength: 256)
+        guard !req.code.isEmpty, req.code.utf8.count <= 64 else { throw ServiceError.invalidField("code", "is required") }
+        let attempt = Self.hash(identity, req.code)
+        let ok = try await db.write { tx -> Bool in
+            guard let row = try await tx.first(
+                "SELECT code_hash, expires_at, attempts FROM codes WHERE identity = $1", identity)
+            else { return false }
+            let stored = try row.string("code_hash")
+            if try row.timestamp("expires_at") <= .now() {
+                try await tx.query("DELETE FROM codes WHERE identity = $1", identity)
+                return false
+            }
+            if Self.constantTimeEqual(stored, attempt) {
+                // One use only.
+                try await tx.query("DELETE FROM codes WHERE identity = $1", identity)
+                return true
+            }
+            if try row.int("attempts") + 1 >= Self.maxAttempts {
+                try await tx.query("DELETE FROM codes WHERE identity = $1", identity)
+            } else {
+                try await tx.query("UPDATE codes SET attempts = attempts + 1 WHERE identity = $1", identity)
+            }
+            return false
+        }
+        guard ok else { throw ServiceError.badRequest("code: invalid or expired") }
+        return Empty()
+    }
+
+    static func hash(_ identity: String, _ code: String) -> String {
+        Secrets.sha256(identity + "\u{0}" + code)
+    }
+
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        guard x.count == y.count else { return false }
+        var diff: UInt8 = 0
+        for i in 0..<x.count { diff |= x[i] ^ y[i] }
+        return diff == 0
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import Logging
+import ServiceKit
+import ServiceLifecycle
+
+public enum SQLDialect: String, Sendable {
+    case sqlite
+    case postgres
+}
+
+/// Runs statements. SQL is written once with `$1, $2, ...` placeholders for both engines.
+public protocol SQLExecutor: Sendable {
+    var dialect: SQLDialect { get }
+    @discardableResult
+    func query(_ sql: String, _ binds: [any SQLBindable]) async throws -> [Row]
+}
+
+extension SQLExecutor {
+    @discardableResult
+    public func query(_ sql: String, _ binds: any SQLBindable...) async throws -> [Row] {
+        try await query(sql, binds)
+    }
+
+    public func first(_ sql: String, _ binds: any SQLBindable...) async throws -> Row? {
+        try await query(sql, binds).first
+    }
+}
+
+/// The store every service uses. Reads may run concurrently; writes run in transactions that
+/// either commit whole (with their events) or leave nothing behind.
+public protocol Database: Sendable {
+    var dialect: SQLDialect { get }
+    /// Runs `body` on a connection for reading.
+    func read<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T
+    /// Runs `body` in one transaction; commits when it returns, rolls back when it throws.
+    func write<T: Sendable>(_ body: @Sendable (Transaction) async throws -> T) async throws -> T
+    /// Keeps the database open while the service group runs; closes it on shutdown.
+    var lifecycle: any ServiceLifecycle.Service { get }
+    /// Closes connections (for databases opened outside a service group).
+    func close() async throws
+}
+
+/// A write transaction: its statements and its events commit together.
+public struct Transaction: SQLExecutor {
+    let executor: any SQLExecutor
+    public var dialect: SQLDialect { executor.dialect }
+
+    init(_ executor: any SQLExecutor) { self.executor = executor }
+
+    @discardableResult
+    public func query(_ sql: String, _ binds: [any SQLBindable]) async throws -> [Row] {
+        try await executor.query(sql, binds)
+    }
+}
+
+/// Opens the database a URL names: `postgres://user:pass@host:port/db`, or else a SQLite file path
+/// (`sqlite://path`, a plain path, or `:memory:`).
+public enum DatabaseFactory {
+    public static func open(url: String, logger: Logger) async throws -> any Database {
+        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
+            return try PostgresDatabase(url: url, logger: logger)
+        }
+        var path = url
+        if path.hasPrefix("sqlite://") { path.removeFirst("sqlite://".count) }
+        if path.hasPrefix("file:") { path.removeFirst("file:".count) }
+        guard !path.isEmpty else { throw StorageError.unsupportedURL(url) }
+        return try await SQLiteDatabase.open(path: path, logger: logger)
+    }
+}
+
+/// Runs `body` with a database whose background work (the PostgreSQL pool) is running,
+/// then closes it. For commands and tests that run outside the server's service group.
+public func withDatabase<T: Sendable>(
+    url: String, logger: Logger, _ body: @Sendable (any Database) async throws -> T
+) async throws -> T {
+    let db = try await DatabaseFactory.open(url: url, logger: logger)
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        if let pg = db as? PostgresDatabase {
+            group.addTask { await pg.runClient() }
+        }
+        do {
+            let result = try await body(db)
+            try await db.close()
+            group.cancelAll()
+            return result
+        } catch {
+            try? await db.close()
+            group.cancelAll()
+            throw error
+        }
+    }
+}

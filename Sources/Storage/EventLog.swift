@@ -1,0 +1,70 @@
+import Foundation
+import ServiceKit
+
+/// One stored event: what changed, who may hear of it, and where it sits in the log.
+public struct Event: Sendable, Equatable {
+    public let seq: Int64
+    public let type: String
+    /// Who may see it: `user:<id>`, `group:<id>`, `chat:<id>`.
+    public let audience: String
+    /// The event's JSON body.
+    public let payload: String
+    public let createdAt: Timestamp
+}
+
+/// The append-only event log. Events are written in the same transaction as the change they
+/// describe, so a committed change always has its event and a rolled-back one never does.
+public enum EventLog {
+    static let migration = Migration(service: "events", version: 1, [
+        """
+        CREATE TABLE events (
+            seq {{serial}},
+            type TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at BIGINT NOT NULL)
+        """,
+        "CREATE INDEX events_audience ON events (audience, seq)",
+    ])
+
+    /// Appends an event inside `tx` and returns its sequence number.
+    @discardableResult
+    public static func append(
+        _ tx: Transaction, type: String, audience: String, payload: some Encodable
+    ) async throws -> Int64 {
+        if tx.dialect == .postgres {
+            // A sequence hands out numbers at insert, not at commit. Serialising appenders makes
+            // commit order equal sequence order, so a reader never sees seq 11 before seq 10.
+            try await tx.query("SELECT pg_advisory_xact_lock(7201)")
+        }
+        let json = String(decoding: try JSON.encode(payload), as: UTF8.self)
+        let row = try await tx.first(
+            "INSERT INTO events (type, audience, payload, created_at) VALUES ($1, $2, $3, $4) RETURNING seq",
+            type, audience, json, Timestamp.now())
+        guard let row else { throw StorageError.missingColumn("seq") }
+        return try row.int("seq")
+    }
+
+    /// Events after `seq`, oldest first.
+    public static func read(_ db: any Database, after seq: Int64, limit: Int = 1000) async throws -> [Event] {
+        try await db.read { conn in
+            try await conn.query(
+                "SELECT seq, type, audience, payload, created_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                seq, limit
+            ).map(Self.event)
+        }
+    }
+
+    /// The newest sequence number, 0 for an empty log.
+    public static func head(_ db: any Database) async throws -> Int64 {
+        try await db.read { conn in
+            try await conn.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
+        }
+    }
+
+    static func event(_ row: Row) throws -> Event {
+        Event(
+            seq: try row.int("seq"), type: try row.string("type"), audience: try row.string("audience"),
+            payload: try row.string("payload"), createdAt: try row.timestamp("created_at"))
+    }
+}

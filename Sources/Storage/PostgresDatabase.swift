@@ -1,0 +1,117 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+
+/// PostgreSQL through PostgresNIO's pool. The pool runs as a service in the server's group.
+public final class PostgresDatabase: Database {
+    public let dialect: SQLDialect = .postgres
+    public let client: PostgresClient
+    let logger: Logger
+
+    public init(url: String, logger: Logger) throws {
+        self.client = PostgresClient(configuration: try Self.configuration(url), backgroundLogger: logger)
+        self.logger = logger
+    }
+
+    static func configuration(_ url: String) throws -> PostgresClient.Configuration {
+        guard let components = URLComponents(string: url), let host = components.host else {
+            throw StorageError.unsupportedURL(url)
+        }
+        let query = Dictionary(
+            (components.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
+        let tls: PostgresClient.Configuration.TLS
+        switch query["sslmode"] {
+        case "disable": tls = .disable
+        case "require", "verify-full", "verify-ca": tls = .require(.makeClientConfiguration())
+        default: tls = .prefer(.makeClientConfiguration())
+        }
+        var path = components.path
+        if path.hasPrefix("/") { path.removeFirst() }
+        var config = PostgresClient.Configuration(
+            host: host,
+            port: components.port ?? 5432,
+            username: components.user?.removingPercentEncoding ?? "postgres",
+            password: components.password?.removingPercentEncoding,
+            database: path.isEmpty ? nil : path,
+            tls: tls)
+        if let max = query["pool_max"].flatMap(Int.init) { config.options.maximumConnections = max }
+        return config
+    }
+
+    public func read<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T {
+        try await client.withConnection { conn in
+            try await body(Connection(connection: conn, logger: logger))
+        }
+    }
+
+    public func write<T: Sendable>(_ body: @Sendable (Transaction) async throws -> T) async throws -> T {
+        try await client.withConnection { conn in
+            let executor = Connection(connection: conn, logger: logger)
+            _ = try await executor.query("BEGIN", [])
+            do {
+                let result = try await body(Transaction(executor))
+                _ = try await executor.query("COMMIT", [])
+                return result
+            } catch {
+                _ = try? await executor.query("ROLLBACK", [])
+                throw error
+            }
+        }
+    }
+
+    public var lifecycle: any ServiceLifecycle.Service { client }
+
+    /// Runs the pool until the calling task is cancelled (outside a service group).
+    public func runClient() async { await client.run() }
+
+    public func close() async throws {}
+
+    struct Connection: SQLExecutor {
+        let connection: PostgresConnection
+        let logger: Logger
+        var dialect: SQLDialect { .postgres }
+
+        func query(_ sql: String, _ binds: [any SQLBindable]) async throws -> [Row] {
+            var bindings = PostgresBindings(capacity: binds.count)
+            for b in binds {
+                switch b.sqlValue {
+                case .null: bindings.appendNull()
+                case .int(let i): bindings.append(i)
+                case .double(let d): bindings.append(d)
+                case .text(let s): bindings.append(s)
+                case .blob(let bytes): bindings.append(ByteBuffer(bytes: bytes))
+                }
+            }
+            do {
+                let sequence = try await connection.query(PostgresQuery(unsafeSQL: sql, binds: bindings), logger: logger)
+                var rows: [Row] = []
+                for try await row in sequence {
+                    var values: [String: SQLValue] = [:]
+                    for cell in row { values[cell.columnName] = try Self.value(cell) }
+                    rows.append(Row(values))
+                }
+                return rows
+            } catch let error as PSQLError {
+                if error.serverInfo?[.sqlState] == PostgresError.Code.uniqueViolation.raw {
+                    throw StorageError.uniqueViolation(error.serverInfo?[.message] ?? "unique violation")
+                }
+                throw error
+            }
+        }
+
+        static func value(_ cell: PostgresCell) throws -> SQLValue {
+            guard cell.bytes != nil else { return .null }
+            switch cell.dataType {
+            case .int2, .int4, .int8: return .int(try cell.decode(Int64.self))
+            case .float4, .float8: return .double(try cell.decode(Double.self))
+            case .bool: return .int(try cell.decode(Bool.self) ? 1 : 0)
+            case .bytea:
+                var buffer = try cell.decode(ByteBuffer.self)
+                return .blob(buffer.readBytes(length: buffer.readableBytes) ?? [])
+            default: return .text(try cell.decode(String.self))
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+import Foundation
+import ServiceKit
+import Storage
+
+/// The users service's tables. Nothing outside this module reads them.
+struct UserStore: Sendable {
+    let db: any Database
+
+    static let migrations = [
+        Migration(service: "users", version: 1, [
+            """
+            CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                email TEXT NOT NULL,
+                email_lower TEXT NOT NULL UNIQUE,
+                username TEXT,
+                username_lower TEXT UNIQUE,
+                first_name TEXT NOT NULL,
+                last_name TEXT NOT NULL,
+                password_hash TEXT NOT NULL,
+                role TEXT NOT NULL DEFAULT 'user',
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE sessions (
+                id TEXT PRIMARY KEY,
+                token_hash TEXT NOT NULL UNIQUE,
+                user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                created_at BIGINT NOT NULL,
+                last_used_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                user_agent TEXT)
+            """,
+            "CREATE INDEX sessions_user ON sessions (user_id)",
+            """
+            CREATE TABLE service_keys (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                key_hash TEXT NOT NULL UNIQUE,
+                created_at BIGINT NOT NULL,
+                revoked_at BIGINT)
+            """,
+        ])
+    ]
+
+    struct Credentials {
+        var user: User
+        var passwordHash: String
+    }
+
+    static let columns = "id, email, username, first_name, last_name, created_at, password_hash"
+
+    static func user(_ row: Row) throws -> User {
+        User(
+            id: try row.string("id"), firstName: try row.string("first_name"), lastName: try row.string("last_name"),
+            email: try row.string("email"), username: try row.optionalString("username"),
+            createdAt: try row.timestamp("created_at"))
+    }
+
+    func create(firstName: String, lastName: String, email: String, username: String?, passwordHash: String) async throws -> User {
+        let user = User(
+            id: UUID().uuidString.lowercased(), firstName: firstName, lastName: lastName, email: email,
+            username: username, createdAt: .now())
+        do {
+            try await db.write { tx in
+                try await tx.query(
+                    """
+                    INSERT INTO users (id, email, email_lower, username, username_lower, first_name, last_name,
+                        password_hash, created_at, updated_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+                    """,
+                    user.id, email, email.lowercased(), username, username?.lowercased(), firstName, lastName,
+                    passwordHash, user.createdAt)
+                try await EventLog.append(tx, type: "user.created", audience: "user:\(user.id)", payload: user)
+            }
+        } catch StorageError.uniqueViolation(let message) {
+            throw Self.conflict(message)
+        }
+        return user
+    }
+
+    static func conflict(_ message: String) -> ServiceError {
+        message.contains("username") ? .conflict("username already taken") : .conflict("email already registered")
+    }
+
+    func credentials(email: String) async throws -> Credentials? {
+        try await credentials(where: "email_lower = $1", email.lowercased())
+    }
+
+    func credentials(username: String) async throws -> Credentials? {
+        try await credentials(where: "username_lower = $1", username.lowercased())
+    }
+
+    func credentials(id: String) async throws -> Credentials? {
+        try await credentials(where: "id = $1", id)
+    }
+
+    private func credentials(where clause: String, _ value: String) async throws -> Credentials? {
+        try await db.read { conn in
+            try await conn.first("SELECT \(Self.columns) FROM users WHERE \(clause)", value).map {
+                Credentials(user: try Self.user($0), passwordHash: try $0.string("password_hash"))
+            }
+        }
+    }
+
+    func users(ids: [String]) async throws -> [User] {
+        try await users(column: "id", ids)
+    }
+
+    func users(emails: [String]) async throws -> [User] {
+        try await users(column: "email_lower", emails.map { $0.lowercased() })
+    }
+
+    private func users(column: String, _ values: [String]) async throws -> [User] {
+        let unique = Array(Set(values))
+        guard !unique.isEmpty else { return [] }
+        let placeholders = (1...unique.count).map { "$\($0)" }.joined(separator: ", ")
+        return try await db.read { conn in
+            try await conn.query("SELECT \(Self.columns) FROM users WHERE \(column) IN (\(placeholders))", unique)
+                .map(Self.user)
+        }
+    }
+
+    func list(offset: Int, limit: Int) async throws -> [User] {
+        try await db.read { conn in
+            try await conn.query(
+                "SELECT \(Self.columns) FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2", limit, offset
+            ).map(Self.user)
+        }
+    }
+
+    func update(
+        id: String, firstName: String?, lastName: String?, email: String?, username: String?,
+        passwordHash: String?, keepSession: String?
+    ) async throws -> User {
+        do {
+            return try await db.write { tx in
+                try await tx.query(
+                    """
+                    UPDATE users SET
+                        first_name = COALESCE($2, first_name),
+                        last_name = COALESCE($3, last_name),
+                        email = COALESCE($4, email),
+                        email_lower = COALESCE($5, email_lower),
+                        username = COALESCE($6, username),
+                        username_lower = COALESCE($7, username_lower),
+                        password_hash = COALESCE($8, password_hash),
+                        updated_at = $9
+                    WHERE id = $1
+                    """,
+                    id, firstName, lastName, email, email?.lowercased(), username, username?.lowercased(),
+                    passwordHash, Timestamp.now())
+                guard let row = try await tx.first("SELECT \(Self.columns) FROM users WHERE id = $1", id) else {
+                    throw ServiceError.notFound("user not found")
+                }
+                if passwordHash != nil {
+                    // A new password ends every other session: a stolen one stops working.
+                    try await tx.query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2", id, keepSession ?? "")
+                }
+                let user = try Self.user(row)
+                try await EventLog.append(tx, type: "user.updated", audience: "user:\(id)", payload: user)
+                return user
+            }
+        } catch StorageError.uniqueViolation(let message) {
+            throw Self.conflict(message)
+        }
+    }
+
+    func delete(id: String) async throws -> Bool {
+        try await db.write { tx in
+            guard try await tx.first("SELECT id FROM users WHERE id = $1", id) != nil else { return false }
+            try await tx.query("DELETE FROM sessions WHERE user_id = $1", id)
+            try await tx.query("DELETE FROM users WHERE id = $1", id)
+            try await EventLog.append(tx, type: "user.deleted", audience: "user:\(id)", payload: ["id": id])
+            return true
+        }
+    }
+
+    // MARK: Sessions
+
+    func createSession(userID: String, tokenHash: String, expiresAt: Timestamp, userAgent: String?) async throws {
+        let now = Timestamp.now()
+        try await db.write { tx in
+            try await tx.query(
+                """
+                INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, expires_at, user_agent)
+                VALUES ($1, $2, $3, $4, $4, $5, $6)
+                """,
+                UUID().uuidString.lowercased(), tokenHash, userID, now, expiresAt, userAgent)
+        }
+    }
+
+    struct SessionInfo {
+        var sessionID: String
+        var userID: String
+        var isAdmin: Bool
+    }
+
+    func session(tokenHash: String) async throws -> SessionInfo? {
+        try await db.read { conn in
+            try await conn.first(
+                """
+                SELECT s.id AS sid, s.user_id AS uid, u.role AS role FROM sessions s JOIN users u ON u.id = s.user_id
+                WHERE s.token_hash = $1 AND s.expires_at > $2
+                """, tokenHash, Timestamp.now()
+            ).map { SessionInfo(sessionID: try $0.string("sid"), userID: try $0.string("uid"), isAdmin: try $0.string("role") == "admin") }
+        }
+    }
+
+    /// The session's user, with its expiry pushed to `extendTo`; nil if unknown or expired.
+    func validate(tokenHash: String, extendTo: Timestamp) async throws -> User? {
+        let now = Timestamp.now()
+        return try await db.write { tx in
+            let rows = try await tx.query(
+                "UPDATE sessions SET expires_at = $2, last_used_at = $3 WHERE token_hash = $1 AND expires_at > $3 RETURNING user_id",
+                tokenHash, extendTo, now)
+            guard let uid = try rows.first?.string("user_id") else { return nil }
+            return try await tx.first("SELECT \(Self.columns) FROM users WHERE id = $1", uid).map(Self.user)
+        }
+    }
+
+    func endSession(id: String) async throws {
+        try await db.write { tx in try await tx.query("DELETE FROM sessions WHERE id = $1", id) }
+    }
+
+    func endSession(id: String, userID: String) async throws -> Bool {
+        try await db.write { tx in
+            try await !tx.query("DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id", id, userID).isEmpty
+        }
+    }
+
+    func endSessions(userID: String) async throws {
+        try await db.write { tx in try await tx.query("DELETE FROM sessions WHERE user_id = $1", userID) }
+    }
+
+    func sessions(userID: String, current: String) async throws -> [Session] {
+        try await db.read { conn in
+            try await conn.query(
+                """
+                SELECT id, created_at, last_used_at, expires_at, user_agent FROM sessions
+                WHERE user_id = $1 AND expires_at > $2 ORDER BY last_used_at DESC
+                """, userID, Timestamp.now()
+            ).map {
+                Session(
+                    id: try $0.string("id"), createdAt: try $0.timestamp("created_at"),
+                    lastUsedAt: try $0.timestamp("last_used_at"), expiresAt: try $0.timestamp("expires_at"),
+                    userAgent: try $0.optionalString("user_agent"), current: try $0.string("id") == current)
+            }
+        }
+    }
+
+    // MARK: Service keys and roles
+
+    func serviceKey(hash: String) async throws -> String? {
+        try await db.read { conn in
+            try await conn.first("SELECT name FROM service_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash)?
+                .string("name")
+        }
+    }
+}
+
+/// Administration from the command line: service keys and the admin role.
+public struct ServiceKeys: Sendable {
+    static let prefix = "vk_"
+    let db: any Database
+
+    public init(db: any Database) { self.db = db }
+
+    /// Creates a key and returns it: the only time it is ever shown.
+    public func create(name: String) async throws -> String {
+        let name = try Validate.name(name, field: "name")
+        let key = Secrets.token(prefix: Self.prefix)
+        try await db.write { tx in
+            if try await tx.first("SELECT id FROM service_keys WHERE name = $1 AND revoked_at IS NULL", name) != nil {
+                throw ServiceError.conflict("an active key named \(name) exists; revoke it first")
+            }
+            try await tx.query(
+                "INSERT INTO service_keys (id, name, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+                UUID().uuidString.lowercased(), name, Secrets.sha256(key), Timestamp.now())
+        }
+        return key
+    }
+
+    /// Revokes the active key with this name; false if there is none.
+    public func revoke(name: String) async throws -> Bool {
+        try await db.write { tx in
+            try await !tx.query(
+                "UPDATE service_keys SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL RETURNING id",
+                name, Timestamp.now()).isEmpty
+        }
+    }
+
+    public func list() async throws -> [(name: String, createdAt: Timestamp)] {
+        try await db.read { conn in
+            try await conn.query("SELECT name, created_at FROM service_keys WHERE revoked_at IS NULL ORDER BY name")
+                .map { (try $0.string("name"), try $0.timestamp("created_at")) }
+        }
+    }
+
+    /// Gives or takes the admin role; false if no account has this email.
+    public func setAdmin(email: String, _ admin: Bool) async throws -> Bool {
+        try await db.write { tx in
+            try await !tx.query(
+                "UPDATE users SET role = $2 WHERE email_lower = $1 RETURNING id",
+                email.lowercased(), admin ? "admin" : "user").isEmpty
+        }
+    }
+}
