@@ -98,12 +98,12 @@ let package = Package(
         .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "UsersTests",
-            dependencies: ["TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            dependencies: ["TestSupport", "Users", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "CodesTests",
-            dependencies: ["TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            dependencies: ["TestSupport", "ServiceKit", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -19,16 +19,18 @@ public enum JSON {
         try encoder().encode(value)
     }
 
-    /// Swift property name -> JSON field name (`userIds` -> `user_ids`).
+    /// Swift property name -> JSON field name, as `.convertToSnakeCase` spells it
+    /// (`userIds` -> `user_ids`, `myURLValue` -> `my_url_value`).
     public static func snakeCase(_ name: String) -> String {
+        let chars = Array(name)
         var out = ""
-        for ch in name {
-            if ch.isUppercase {
-                if !out.isEmpty { out.append("_") }
-                out.append(contentsOf: ch.lowercased())
-            } else {
-                out.append(ch)
+        for (i, ch) in chars.enumerated() {
+            if ch.isUppercase && i > 0 {
+                let prevLower = !chars[i - 1].isUppercase
+                let nextLower = i + 1 < chars.count && chars[i + 1].isLowercase
+                if prevLower || nextLower { out.append("_") }
             }
+            out.append(contentsOf: ch.lowercased())
         }
         return out
     }

@@ -18,8 +18,12 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
     public var description: String { rfc3339 }
 
     public var rfc3339: String {
-        let style = Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt)
-        return date.formatted(style)
+        // Built from the integer microseconds: going through Date's Double would turn .123 into .122.
+        let seconds = microseconds >= 0 ? microseconds / 1_000_000 : (microseconds - 999_999) / 1_000_000
+        let millis = (microseconds - seconds * 1_000_000) / 1000
+        let base = Date(timeIntervalSince1970: Double(seconds)).formatted(Date.ISO8601FormatStyle(timeZone: .gmt))
+        let millisText = String(millis)
+        return String(base.dropLast()) + "." + String(repeating: "0", count: 3 - millisText.count) + millisText + "Z"
     }
 
     public init?(rfc3339 text: String) {

@@ -76,7 +76,13 @@ public func withDatabase<T: Sendable>(
     let db = try await DatabaseFactory.open(url: url, logger: logger)
     return try await withThrowingTaskGroup(of: Void.self) { group in
         if let pg = db as? PostgresDatabase {
-            group.addTask { await pg.runClient() }
+            let (started, signal) = AsyncStream<Void>.makeStream()
+            group.addTask {
+                signal.finish()
+                await pg.runClient()
+            }
+            for await _ in started {}
+            await Task.yield()
         }
         do {
             let result = try await body(db)

@@ -47,7 +47,10 @@ public final class PostgresDatabase: Database {
     }
 
     public func write<T: Sendable>(_ body: @Sendable (Transaction) async throws -> T) async throws -> T {
+        // A request past its deadline is cancelled: it must not start writing after its caller
+        // was told it failed.
         try await client.withConnection { conn in
+            try Task.checkCancellation()
             let executor = Connection(connection: conn, logger: logger)
             _ = try await executor.query("BEGIN", [])
             do {

@@ -65,8 +65,11 @@ public final class SQLiteDatabase: Database {
     }
 
     public func write<T: Sendable>(_ body: @Sendable (Transaction) async throws -> T) async throws -> T {
+        // A request past its deadline is cancelled: it must not start writing after its caller
+        // was told it failed.
         guard !closed.withLockedValue({ $0 }) else { throw StorageError.closed }
         return try await writeLock.withPermit {
+            try Task.checkCancellation()
             _ = try await writer.query("BEGIN IMMEDIATE", [])
             do {
                 let result = try await body(Transaction(writer))
@@ -87,13 +90,17 @@ public final class SQLiteDatabase: Database {
             return c
         }
         if wasClosed { return }
-        // Wait for the writer so no transaction is cut in half.
-        await writeLock.wait()
-        for r in readers { try? await r.connection.close() }
-        try? await writer.query("PRAGMA wal_checkpoint(TRUNCATE)", [])
-        try await writer.connection.close()
-        writeLock.signal()
-        try await threadPool.shutdownGracefully()
+        // Closing must finish even when the caller is being cancelled (a cancelled shutdown):
+        // an unclosed connection leaks its file handle and WAL.
+        try await Task {
+            // Wait for the writer so no transaction is cut in half.
+            await writeLock.wait()
+            for r in readers { try? await r.connection.close() }
+            try? await writer.query("PRAGMA wal_checkpoint(TRUNCATE)", [])
+            try await writer.connection.close()
+            writeLock.signal()
+            try await threadPool.shutdownGracefully()
+        }.value
     }
 
     struct Lifecycle: ServiceLifecycle.Service {

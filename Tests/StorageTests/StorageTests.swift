@@ -1,0 +1,150 @@
+import Foundation
+import ServiceKit
+import Storage
+import Testing
+import TestSupport
+
+struct Note: Codable, Sendable { var text: String }
+
+let notes = Migration(service: "notes", version: 1, [
+    "CREATE TABLE notes (id {{serial}}, text TEXT NOT NULL UNIQUE, n BIGINT, score DOUBLE PRECISION, data {{blob}})"
+])
+
+@Suite("storage: one code path on SQLite and PostgreSQL")
+struct StorageTests {
+    @Test(arguments: Backend.all)
+    func migrationsApplyOnce(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend, migrations: [notes]) { db in
+            let first = try await Migrator.migrate(db, [notes])
+            #expect(first.isEmpty)  // `with` already applied them
+            let rows = try await db.read { try await $0.query("SELECT service, version FROM schema_migrations ORDER BY service") }
+            #expect(try rows.map { try $0.string("service") } == ["events", "notes"])
+            let v2 = Migration(service: "notes", version: 2, ["CREATE INDEX notes_n ON notes (n)"])
+            #expect(try await Migrator.migrate(db, [notes, v2]) == ["notes v2"])
+            #expect(try await Migrator.migrate(db, [notes, v2]).isEmpty)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func valuesRoundTrip(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend, migrations: [notes]) { db in
+            let text = "Zoë 👩🏽‍💻 שלום e\u{0301} 'quoted' $1 \"double\"\nline\ttab"
+            try await db.write { tx in
+                try await tx.query(
+                    "INSERT INTO notes (text, n, score, data) VALUES ($1, $2, $3, $4)",
+                    text, Int64.max, 2.5, SQLValue.blob([0, 1, 255]))
+                try await tx.query("INSERT INTO notes (text, n, score, data) VALUES ($1, $2, $3, $4)",
+                                   "nulls", SQLValue.null, SQLValue.null, SQLValue.null)
+            }
+            let rows = try await db.read { try await $0.query("SELECT text, n, score, data FROM notes ORDER BY id") }
+            #expect(rows.count == 2)
+            #expect(try rows[0].string("text") == text)
+            #expect(try rows[0].int("n") == Int64.max)
+            #expect(try rows[0].value("score") == .double(2.5))
+            #expect(try rows[0].value("data") == .blob([0, 1, 255]))
+            #expect(try rows[1].optionalInt("n") == nil)
+            #expect(try rows[1].optionalString("score") == nil)
+            // Placeholders can repeat and come in any order.
+            let r = try await db.read { try await $0.query("SELECT $2 AS b, $1 AS a, $2 AS c", "x", "y") }
+            #expect(try r[0].string("b") == "y" && r[0].string("a") == "x" && r[0].string("c") == "y")
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func aFailedTransactionLeavesNothingNotEvenItsEvent(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend, migrations: [notes]) { db in
+            struct Boom: Error {}
+            await #expect(throws: Boom.self) {
+                try await db.write { tx in
+                    try await tx.query("INSERT INTO notes (text) VALUES ($1)", "half")
+                    try await EventLog.append(tx, type: "note.created", audience: "user:1", payload: Note(text: "half"))
+                    throw Boom()
+                }
+            }
+            let left = try await db.read { try await $0.query("SELECT id FROM notes") }
+            #expect(left.isEmpty)
+            let head = try await EventLog.head(db)
+            #expect(head == 0)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func uniqueViolationsAreRecognised(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend, migrations: [notes]) { db in
+            try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "same") }
+            do {
+                try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "same") }
+                Issue.record("expected a unique violation")
+            } catch let error as StorageError {
+                guard case .uniqueViolation = error else { Issue.record("wrong error \(error)"); return }
+                #expect((error as any ServiceErrorConvertible).serviceError.status == .conflict)
+            }
+            // The database stays usable after the failed transaction.
+            try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "other") }
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func eventsAreInCommitOrderUnderConcurrentWriters(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend, migrations: [notes]) { db in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<40 {
+                    group.addTask {
+                        try await db.write { tx in
+                            try await tx.query("INSERT INTO notes (text, n) VALUES ($1, $2)", "note \(i)", i)
+                            try await EventLog.append(tx, type: "note.created", audience: "group:g", payload: Note(text: "\(i)"))
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let events = try await EventLog.read(db, after: 0)
+            #expect(events.count == 40)
+            #expect(events.map(\.seq) == events.map(\.seq).sorted())
+            #expect(Set(events.map(\.payload)).count == 40)
+            #expect(try await EventLog.head(db) == events.last?.seq)
+            let tail = try await EventLog.read(db, after: events[29].seq)
+            #expect(tail.map(\.seq) == Array(events[30...].map(\.seq)))
+            #expect(try await EventLog.read(db, after: 0, limit: 5).count == 5)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func readsRunWhileAWriteIsOpen(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend, migrations: [notes]) { db in
+            try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "committed") }
+            let (inside, signal) = AsyncStream<Void>.makeStream()
+            async let writer: Void = db.write { tx in
+                try await tx.query("INSERT INTO notes (text) VALUES ($1)", "uncommitted")
+                signal.yield()
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            for await _ in inside { break }
+            // A reader neither waits for the writer nor sees its uncommitted row.
+            let start = ContinuousClock.now
+            let rows = try await db.read { try await $0.query("SELECT text FROM notes") }
+            #expect(start.duration(to: .now) < .milliseconds(250))
+            #expect(try rows.map { try $0.string("text") } == ["committed"])
+            try await writer
+            #expect(try await db.read { try await $0.query("SELECT text FROM notes") }.count == 2)
+        }
+    }
+
+    @Test func sqliteFileIsWALAndSurvivesReopen() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("wal-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("nested/db.sqlite").path
+        try await withDatabase(url: path, logger: TestDatabase.logger) { db in
+            try await Migrator.migrate(db, [notes])
+            let mode = try await db.read { try await $0.query("PRAGMA journal_mode") }
+            #expect(try mode.first?.string("journal_mode") == "wal")
+            try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "kept") }
+        }
+        try await withDatabase(url: "sqlite://" + path, logger: TestDatabase.logger) { db in
+            #expect(try await Migrator.migrate(db, [notes]).isEmpty)
+            let rows = try await db.read { try await $0.query("SELECT text FROM notes") }
+            #expect(try rows.first?.string("text") == "kept")
+        }
+    }
+}
+

@@ -1,0 +1,125 @@
+import App
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import ServiceKit
+import Storage
+import Users
+
+/// A response as a test sees it: status, headers, and the body parsed as JSON.
+public struct APIResponse: @unchecked Sendable {
+    public let status: HTTPResponse.Status
+    public let headers: HTTPFields
+    public let body: Data
+
+    public var json: [String: Any] {
+        (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
+    }
+
+    public var text: String { String(decoding: body, as: UTF8.self) }
+
+    public subscript(_ key: String) -> Any? { json[key] }
+
+    /// The `detail` of an error body.
+    public var detail: String { json["detail"] as? String ?? "" }
+
+    /// The status line's reason, or RFC 9110's name where NIO still writes the older one.
+    static func standardReasons(_ status: HTTPResponse.Status) -> Set<String> {
+        status.code == 413 ? [status.reasonPhrase, "Content Too Large"] : [status.reasonPhrase]
+    }
+
+    public func decode<T: Decodable>(_ type: T.Type) throws -> T { try JSON.decoder().decode(T.self, from: body) }
+
+    /// Checks the one error shape: `{"id","code","detail","status"}` with code = HTTP status.
+    public var isErrorShape: Bool {
+        let j = json
+        return j.count == 4 && (j["id"] as? String)?.isEmpty == false && (j["code"] as? Int) == Int(status.code)
+            && j["detail"] is String && (j["status"] as? String).map(Self.standardReasons(status).contains) == true
+    }
+}
+
+/// Talks to the real server on its loopback port.
+public struct APIClient: Sendable {
+    let client: any TestClientProtocol
+    public let app: Verteilt
+
+    public var database: any Database { app.database }
+
+    /// `POST /v1/{path}` with a raw body.
+    public func post(
+        _ path: String, raw: String, token: String? = nil, headers: HTTPFields = [:]
+    ) async throws -> APIResponse {
+        try await request(path.hasPrefix("/") ? path : "/v1/" + path, method: .post, body: Data(raw.utf8), token: token, headers: headers)
+    }
+
+    /// `POST /v1/{path}` with a JSON object.
+    public func post(
+        _ path: String, _ json: [String: Any] = [:], token: String? = nil, headers: HTTPFields = [:]
+    ) async throws -> APIResponse {
+        let data = try JSONSerialization.data(withJSONObject: json)
+        return try await request("/v1/" + path, method: .post, body: data, token: token, headers: headers)
+    }
+
+    public func request(
+        _ uri: String, method: HTTPRequest.Method, body: Data? = nil, token: String? = nil, headers: HTTPFields = [:]
+    ) async throws -> APIResponse {
+        var headers = headers
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        if body != nil && headers[.contentType] == nil { headers[.contentType] = "application/json" }
+        let response = try await client.executeRequest(
+            uri: uri, method: method, headers: headers, body: body.map { ByteBuffer(bytes: $0) })
+        return APIResponse(
+            status: response.status, headers: response.headers, body: Data(buffer: response.body))
+    }
+
+    public struct Account: Sendable {
+        public let id: String
+        public let email: String
+        public let token: String
+        public let password: String
+    }
+
+    /// Signs up a new account with a unique email.
+    public func signUp(_ first: String = "Test", email: String? = nil, password: String = "password123") async throws -> Account {
+        let email = email ?? "\(first.lowercased())-\(UUID().uuidString.prefix(8))@example.com"
+        let r = try await post("users/Create", ["first_name": first, "last_name": "User", "email": email, "password": password])
+        guard r.status == .ok, let token = r["token"] as? String, let user = r["user"] as? [String: Any],
+              let id = user["id"] as? String
+        else { throw TestDatabaseError(description: "sign-up failed: \(r.status) \(r.text)") }
+        return Account(id: id, email: email, token: token, password: password)
+    }
+
+    /// A new service key, as `verteilt keys create` makes it.
+    public func serviceKey(_ name: String = "backend") async throws -> String {
+        try await ServiceKeys(db: database).create(name: name + "-" + UUID().uuidString.prefix(6))
+    }
+}
+
+/// Builds the whole server on a fresh database of `backend`, runs it on a loopback port, and
+/// hands `body` a client. Fast bcrypt (cost 4) unless the test changes it.
+public func withTestApp<T: Sendable>(
+    _ backend: Backend,
+    configure: @Sendable (inout AppConfiguration) -> Void = { _ in },
+    _ body: @Sendable @escaping (APIClient) async throws -> T
+) async throws -> T {
+    let db = try await TestDatabase.make(backend)
+    var config = AppConfiguration()
+    config.databaseURL = db.url
+    config.bcryptCost = 4
+    config.logLevel = .warning
+    configure(&config)
+    do {
+        let app = try await Verteilt.build(config, logger: TestDatabase.logger)
+        let result = try await app.application.test(.live) { client in
+            try await body(APIClient(client: client, app: app))
+        }
+        try await db.drop()
+        return result
+    } catch {
+        try? await db.drop()
+        throw error
+    }
+}
