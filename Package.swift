@@ -58,6 +58,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(name: "Groups", dependencies: ["ServiceKit", "Storage", "Users"], swiftSettings: swiftSettings),
+        .target(name: "Messaging", dependencies: ["ServiceKit", "Storage"], swiftSettings: swiftSettings),
+        .target(name: "Threads", dependencies: ["ServiceKit", "Storage", "Groups", "Messaging"], swiftSettings: swiftSettings),
+        .target(name: "Chats", dependencies: ["ServiceKit", "Storage", "Groups", "Messaging"], swiftSettings: swiftSettings),
+        .target(name: "Seen", dependencies: ["ServiceKit", "Storage", "Groups", "Threads", "Chats"], swiftSettings: swiftSettings),
+        .target(name: "Invites", dependencies: ["ServiceKit", "Storage", "Groups", "Users"], swiftSettings: swiftSettings),
+        .target(
+            name: "Pages",
+            dependencies: ["ServiceKit", "Storage", "Users", "Groups", "Messaging", "Threads", "Chats", "Seen"],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Gateway",
             dependencies: [
@@ -71,7 +82,8 @@ let package = Package(
         .target(
             name: "App",
             dependencies: [
-                "ServiceKit", "Storage", "Gateway", "Users", "Codes",
+                "ServiceKit", "Storage", "Gateway", "Users", "Codes", "Groups", "Messaging", "Threads", "Chats", "Seen",
+                "Invites", "Pages",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -104,6 +116,11 @@ let package = Package(
         .testTarget(
             name: "CodesTests",
             dependencies: ["TestSupport", "ServiceKit", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ChatTests",
+            dependencies: ["TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -15,6 +15,8 @@ public struct AppConfiguration: Sendable {
     public var bcryptCost: UInt8 = 12
     public var gateway = Gateway.Configuration()
     public var users = UsersService.Configuration()
+    /// Longest message text, in characters.
+    public var maxTextLength = 4000
 
     public init() {}
 

@@ -1,10 +1,16 @@
+import Chats
 import Codes
 import Foundation
 import Gateway
+import Groups
 import Hummingbird
+import Invites
 import Logging
+import Pages
+import Seen
 import ServiceKit
 import Storage
+import Threads
 import Users
 
 /// The composition root: one database, the services on it, the gateway in front of them.
@@ -14,19 +20,36 @@ public struct Verteilt: Sendable {
 
     /// Every service's migrations, in dependency order.
     public static let migrations: [Migration] = UsersService.migrations + CodesService.migrations
+        + GroupsService.migrations + InvitesService.migrations + ThreadsService.migrations + ChatsService.migrations
+        + SeenService.migrations
 
     public static func build(_ config: AppConfiguration, logger: Logger? = nil) async throws -> Verteilt {
         var logger = logger ?? Logger(label: "verteilt")
         logger.logLevel = config.logLevel
         let db = try await DatabaseFactory.open(url: config.databaseURL, logger: logger)
         let hasher = PasswordHasher(cost: config.bcryptCost)
-        let users = UsersService(db: db, hasher: hasher, config: config.users)
-        let registry = ServiceRegistry([users, CodesService(db: db)])
+        // Groups need to look users up; users need groups to decide whose email a user may see.
+        let directory = UsersService(db: db, hasher: hasher, config: config.users)
+        let groups = GroupsService(db: db, users: directory)
+        let users = UsersService(db: db, hasher: hasher, config: config.users) { viewer, others in
+            try await groups.coMembers(of: viewer, among: others)
+        }
+        let threads = ThreadsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
+        let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
+        let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
+        let invites = InvitesService(db: db, groups: groups, users: directory)
+        let registry = ServiceRegistry([users, CodesService(db: db), groups, invites, threads, chats, seen])
+        let pages = GroupPageBuilder(db: db, users: directory, groups: groups, threads: threads, chats: chats, seen: seen)
         let gateway = Gateway(registry: registry, authenticator: users.authenticator, config: config.gateway)
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: RequestIDMiddleware())
         gateway.addRoutes(to: router)
+        gateway.page("/api/groups/:id", on: router) { request, context, caller in
+            let id = try Validate.id(context.parameters.get("id") ?? "", field: "id")
+            let parts = try GroupPageBuilder.parts(request.uri.queryParameters.get("fields"))
+            return try await pages.page(groupID: id, caller: caller, parts: parts)
+        }
         router.get("/healthz") { _, _ in ["status": "ok"] }
         router.get("/readyz") { _, _ -> [String: String] in
             do {

@@ -42,6 +42,22 @@ public struct Gateway: Sendable {
         }
     }
 
+    /// A read-only page view (`GET`): the caller must be signed in; the output is JSON.
+    public func page<Output: Encodable & Sendable>(
+        _ path: RouterPath, on router: Router<GatewayContext>,
+        _ handler: @escaping @Sendable (Request, GatewayContext, Caller) async throws -> Output
+    ) {
+        router.get(path) { request, context in
+            let (caller, _) = try await self.caller(request)
+            guard caller != .anonymous else { throw ServiceError.unauthorized() }
+            let output = try await withDeadline(.now.advanced(by: self.config.requestTimeout)) {
+                try JSON.encode(try await handler(request, context, caller))
+            }
+            return Response(status: .ok, headers: [.contentType: "application/json"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: output)))
+        }
+    }
+
     /// The session token a request carries: the Bearer header first, then the cookie.
     public func token(_ request: Request) -> String? {
         if let auth = request.headers[.authorization] {

@@ -3,10 +3,10 @@ import Foundation
 
 /// Random tokens, stored only as SHA-256 hashes.
 public enum Secrets {
-    /// 256 random bits, base64url without padding.
-    public static func token(prefix: String = "") -> String {
+    /// Random bits (256 by default), base64url without padding.
+    public static func token(prefix: String = "", bytes count: Int = 32) -> String {
         var rng = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &rng) }
+        let bytes = (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &rng) }
         let b64 = Data(bytes).base64EncodedString()
             .replacingOccurrences(of: "+", with: "-")
             .replacingOccurrences(of: "/", with: "_")

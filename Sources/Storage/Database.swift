@@ -96,3 +96,10 @@ public func withDatabase<T: Sendable>(
         }
     }
 }
+
+public enum SQL {
+    /// `$from, $from+1, ...`: the placeholders of an IN list of `count` values.
+    public static func list(_ count: Int, from: Int = 1) -> String {
+        (from..<(from + count)).map { "$\($0)" }.joined(separator: ", ")
+    }
+}

@@ -32,17 +32,20 @@ public enum EventLog {
     public static func append(
         _ tx: Transaction, type: String, audience: String, payload: some Encodable
     ) async throws -> Int64 {
-        if tx.dialect == .postgres {
-            // A sequence hands out numbers at insert, not at commit. Serialising appenders makes
-            // commit order equal sequence order, so a reader never sees seq 11 before seq 10.
-            try await tx.query("SELECT pg_advisory_xact_lock(7201)")
-        }
+        try await serialize(tx)
         let json = String(decoding: try JSON.encode(payload), as: UTF8.self)
         let row = try await tx.first(
             "INSERT INTO events (type, audience, payload, created_at) VALUES ($1, $2, $3, $4) RETURNING seq",
             type, audience, json, Timestamp.now())
         guard let row else { throw StorageError.missingColumn("seq") }
         return try row.int("seq")
+    }
+
+    /// Makes `tx` the only appender until it ends. A sequence hands out numbers at insert, not at
+    /// commit; serialising appenders makes commit order equal sequence order, so a reader never
+    /// sees seq 11 before seq 10. SQLite has one writer anyway. Calling it again is free.
+    public static func serialize(_ tx: Transaction) async throws {
+        if tx.dialect == .postgres { try await tx.query("SELECT pg_advisory_xact_lock(7201)") }
     }
 
     /// Events after `seq`, oldest first.

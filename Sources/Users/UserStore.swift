@@ -115,9 +115,8 @@ struct UserStore: Sendable {
     private func users(column: String, _ values: [String]) async throws -> [User] {
         let unique = Array(Set(values))
         guard !unique.isEmpty else { return [] }
-        let placeholders = (1...unique.count).map { "$\($0)" }.joined(separator: ", ")
         return try await db.read { conn in
-            try await conn.query("SELECT \(Self.columns) FROM users WHERE \(column) IN (\(placeholders))", unique)
+            try await conn.query("SELECT \(Self.columns) FROM users WHERE \(column) IN (\(SQL.list(unique.count)))", unique)
                 .map(Self.user)
         }
     }

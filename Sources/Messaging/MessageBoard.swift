@@ -1,0 +1,315 @@
+import Foundation
+import ServiceKit
+import Storage
+
+/// Messages, edits, tombstones and reactions for one service's containers (the threads
+/// service's conversations, the chats service's chats). Each service owns its own tables; this is
+/// the one piece of code that runs them. Authorization is the owning service's job: it calls in
+/// here only after deciding the caller may.
+public struct MessageBoard: Sendable {
+    public enum Kind: Sendable {
+        case conversation
+        case chat
+    }
+
+    let db: any Database
+    let kind: Kind
+    let messages: String
+    let reactions: String
+    let maxTextLength: Int
+
+    public init(db: any Database, kind: Kind, tablePrefix: String, maxTextLength: Int) {
+        self.db = db
+        self.kind = kind
+        self.messages = tablePrefix + "_messages"
+        self.reactions = tablePrefix + "_reactions"
+        self.maxTextLength = maxTextLength
+    }
+
+    public static func migrations(service: String, tablePrefix: String, version: Int) -> Migration {
+        let m = tablePrefix + "_messages", r = tablePrefix + "_reactions"
+        return Migration(service: service, version: version, [
+            """
+            CREATE TABLE \(m) (
+                seq {{serial}},
+                id TEXT NOT NULL UNIQUE,
+                container_id TEXT NOT NULL,
+                author_id TEXT NOT NULL,
+                text TEXT NOT NULL,
+                sent_at BIGINT NOT NULL,
+                edited_at BIGINT,
+                deleted BIGINT NOT NULL DEFAULT 0,
+                reply_to TEXT)
+            """,
+            // Unique per container: `sent_before`/`sent_after` pages never split or repeat a message.
+            "CREATE UNIQUE INDEX \(m)_container_sent ON \(m) (container_id, sent_at)",
+            """
+            CREATE TABLE \(r) (
+                message_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                emoji TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (message_id, user_id, emoji))
+            """,
+        ])
+    }
+
+    var containerField: String { kind == .conversation ? "conversation_id" : "chat_id" }
+
+    // MARK: Writing
+
+    /// Stores a message, or returns the stored one when `id` was used before by the same author in
+    /// the same container (a retried send). `audience` receives the `message.created` event.
+    public func create(
+        id: String?, container: String, author: String, text: String, replyTo: String?, audience: String
+    ) async throws -> Message {
+        let text = try Validate.text(text, field: "text", maxLength: maxTextLength)
+        let id = try id.map { try Validate.id($0, field: "id") } ?? UUID().uuidString.lowercased()
+        let replyTo = try replyTo.map { try Validate.id($0, field: "reply_to") }
+        do {
+            return try await db.write { tx in
+                if let existing = try await fetch(id, in: tx) {
+                    return try retried(existing, container: container, author: author)
+                }
+                if let replyTo, try await tx.first(
+                    "SELECT id FROM \(messages) WHERE id = $1 AND container_id = $2", replyTo, container) == nil {
+                    throw ServiceError.invalidField("reply_to", "no such message in this \(kindName)")
+                }
+                // Serialise appenders first, then take a send time strictly after the last one.
+                try await EventLog.serialize(tx)
+                let last = try await tx.first(
+                    "SELECT MAX(sent_at) AS last FROM \(messages) WHERE container_id = $1", container)?.optionalInt("last")
+                let sentAt = Timestamp(microseconds: max(Timestamp.now().microseconds, (last ?? 0) + 1))
+                try await tx.query(
+                    "INSERT INTO \(messages) (id, container_id, author_id, text, sent_at, reply_to) VALUES ($1, $2, $3, $4, $5, $6)",
+                    id, container, author, text, sentAt, replyTo)
+                let message = make(id: id, container: container, author: author, text: text, sentAt: sentAt,
+                                   editedAt: nil, deleted: false, replyTo: replyTo)
+                try await EventLog.append(tx, type: "message.created", audience: audience, payload: message)
+                return message
+            }
+        } catch StorageError.uniqueViolation {
+            // Two sends with one id raced; the other committed first.
+            guard let existing = try await message(id) else { throw ServiceError.conflict("id: already used") }
+            return try retried(existing.message, container: container, author: author)
+        }
+    }
+
+    func retried(_ existing: Message, container: String, author: String) throws -> Message {
+        guard existing.authorId == author, (existing.conversationId ?? existing.chatId) == container else {
+            throw ServiceError.conflict("id: already used by another message")
+        }
+        return existing
+    }
+
+    var kindName: String { kind == .conversation ? "conversation" : "chat" }
+
+    /// Changes the text of a message; only its author may.
+    public func edit(_ id: String, by author: String, text: String, audience: String) async throws -> Message {
+        let text = try Validate.text(text, field: "text", maxLength: maxTextLength)
+        return try await db.write { tx in
+            guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
+            guard m.authorId == author else { throw ServiceError.forbidden("only the author may edit a message") }
+            guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
+            try await tx.query("UPDATE \(messages) SET text = $2, edited_at = $3 WHERE id = $1", id, text, Timestamp.now())
+            let updated = try await fetch(id, in: tx)!
+            try await EventLog.append(tx, type: "message.updated", audience: audience, payload: updated)
+            return updated
+        }
+    }
+
+    /// Replaces a message with a tombstone: it keeps its place, loses its text and reactions.
+    public func delete(_ id: String, audience: String) async throws -> Message {
+        try await db.write { tx in
+            guard try await fetch(id, in: tx) != nil else { throw ServiceError.notFound("message not found") }
+            try await tx.query("UPDATE \(messages) SET text = '', deleted = 1, edited_at = $2 WHERE id = $1", id, Timestamp.now())
+            try await tx.query("DELETE FROM \(reactions) WHERE message_id = $1", id)
+            let tombstone = try await fetch(id, in: tx)!
+            try await EventLog.append(tx, type: "message.deleted", audience: audience, payload: tombstone)
+            return tombstone
+        }
+    }
+
+    public func react(_ id: String, user: String, emoji: String, add: Bool, audience: String) async throws -> Message {
+        let emoji = try Self.validEmoji(emoji)
+        return try await db.write { tx in
+            guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
+            guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
+            let changed: [Row]
+            if add {
+                changed = try await tx.query(
+                    """
+                    INSERT INTO \(reactions) (message_id, user_id, emoji, created_at) VALUES ($1, $2, $3, $4)
+                    ON CONFLICT (message_id, user_id, emoji) DO NOTHING RETURNING emoji
+                    """, id, user, emoji, Timestamp.now())
+            } else {
+                changed = try await tx.query(
+                    "DELETE FROM \(reactions) WHERE message_id = $1 AND user_id = $2 AND emoji = $3 RETURNING emoji",
+                    id, user, emoji)
+            }
+            let updated = try await fetch(id, in: tx)!
+            if !changed.isEmpty {
+                try await EventLog.append(
+                    tx, type: add ? "reaction.added" : "reaction.removed", audience: audience,
+                    payload: ReactionEvent(messageId: id, conversationId: updated.conversationId,
+                                           chatId: updated.chatId, userId: user, emoji: emoji))
+            }
+            return updated
+        }
+    }
+
+    struct ReactionEvent: Codable, Sendable {
+        var messageId: String
+        var conversationId: String?
+        var chatId: String?
+        var userId: String
+        var emoji: String
+    }
+
+    static func validEmoji(_ raw: String) throws -> String {
+        guard !raw.isEmpty, raw.count <= 8, raw.utf8.count <= 64,
+              !raw.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.properties.generalCategory == .control })
+        else { throw ServiceError.invalidField("emoji", "must be one emoji or a short symbol without spaces") }
+        return raw
+    }
+
+    /// Removes every message of a container (its conversation was deleted).
+    public func deleteAll(in container: String, tx: Transaction) async throws {
+        try await tx.query(
+            "DELETE FROM \(reactions) WHERE message_id IN (SELECT id FROM \(messages) WHERE container_id = $1)", container)
+        try await tx.query("DELETE FROM \(messages) WHERE container_id = $1", container)
+    }
+
+    // MARK: Reading
+
+    /// A message and the container it belongs to.
+    public func message(_ id: String) async throws -> (message: Message, container: String)? {
+        try await db.read { conn in
+            guard let m = try await fetch(id, in: conn) else { return nil }
+            return (m, m.conversationId ?? m.chatId ?? "")
+        }
+    }
+
+    /// One page of a container's messages, newest first. With only `sentAfter`, the page is the
+    /// oldest messages after it (catching up), still newest first.
+    public func list(container: String, sentBefore: Timestamp?, sentAfter: Timestamp?, limit: Int?) async throws -> [Message] {
+        let limit = limit ?? 25
+        guard (1...100).contains(limit) else { throw ServiceError.invalidField("limit", "must be between 1 and 100") }
+        let forward = sentAfter != nil && sentBefore == nil
+        let rows = try await db.read { conn in
+            try await conn.query(
+                """
+                SELECT \(Self.columns) FROM \(messages)
+                WHERE container_id = $1 AND sent_at < $2 AND sent_at > $3
+                ORDER BY sent_at \(forward ? "ASC" : "DESC") LIMIT $4
+                """,
+                container, sentBefore?.microseconds ?? Int64.max, sentAfter?.microseconds ?? Int64.min, limit)
+        }
+        let page = try await withReactions(rows)
+        return forward ? page.reversed() : page
+    }
+
+    /// The newest `limit` messages of each container, newest first within each.
+    public func recent(containers: [String], limit: Int) async throws -> [String: [Message]] {
+        let unique = Array(Set(containers))
+        guard !unique.isEmpty else { return [:] }
+        // One indexed range scan per container beats one window over every message they hold.
+        let rows = try await db.read { conn in
+            var all: [Row] = []
+            for c in unique {
+                all += try await conn.query(
+                    "SELECT \(Self.columns) FROM \(messages) WHERE container_id = $1 ORDER BY sent_at DESC LIMIT $2", c, limit)
+            }
+            return all
+        }
+        return Dictionary(grouping: try await withReactions(rows)) { $0.conversationId ?? $0.chatId ?? "" }
+    }
+
+    /// Messages by others after each container's `since` time, not counting deleted ones.
+    public func unreadCounts(for user: String, since: [String: Timestamp?]) async throws -> [String: Int] {
+        guard !since.isEmpty else { return [:] }
+        return try await db.read { conn in
+            var counts: [String: Int] = [:]
+            for (container, ts) in since {
+                let n = try await conn.first(
+                    """
+                    SELECT COUNT(*) AS n FROM \(messages)
+                    WHERE container_id = $1 AND sent_at > $2 AND author_id <> $3 AND deleted = 0
+                    """, container, ts?.microseconds ?? Int64.min, user)?.int("n") ?? 0
+                counts[container] = Int(n)
+            }
+            return counts
+        }
+    }
+
+    /// The newest send time per container.
+    public func lastSent(containers: [String]) async throws -> [String: Timestamp] {
+        let unique = Array(Set(containers))
+        guard !unique.isEmpty else { return [:] }
+        return try await db.read { conn in
+            try await conn.query(
+                "SELECT container_id, MAX(sent_at) AS last FROM \(messages) WHERE container_id IN (\(SQL.list(unique.count))) GROUP BY container_id",
+                unique
+            ).reduce(into: [:]) { $0[try $1.string("container_id")] = try $1.timestamp("last") }
+        }
+    }
+
+    // MARK: Rows
+
+    static let columns = "id, container_id, author_id, text, sent_at, edited_at, deleted, reply_to"
+
+    func fetch(_ id: String, in conn: any SQLExecutor) async throws -> Message? {
+        guard let row = try await conn.first("SELECT \(Self.columns) FROM \(messages) WHERE id = $1", id) else { return nil }
+        var m = try message(row)
+        m.reactions = try await reactions(for: [id], in: conn)[id]
+        return m
+    }
+
+    func withReactions(_ rows: [Row]) async throws -> [Message] {
+        var list = try rows.map(message)
+        guard !list.isEmpty else { return [] }
+        let ids = list.map(\.id)
+        let byMessage = try await db.read { conn in try await reactions(for: ids, in: conn) }
+        for i in list.indices { list[i].reactions = byMessage[list[i].id] }
+        return list
+    }
+
+    func reactions(for ids: [String], in conn: any SQLExecutor) async throws -> [String: [Reaction]] {
+        guard !ids.isEmpty else { return [:] }
+        let rows = try await conn.query(
+            "SELECT message_id, user_id, emoji FROM \(reactions) WHERE message_id IN (\(SQL.list(ids.count))) ORDER BY created_at, user_id",
+            ids)
+        var out: [String: [Reaction]] = [:]
+        for row in rows {
+            let mid = try row.string("message_id"), emoji = try row.string("emoji"), uid = try row.string("user_id")
+            var list = out[mid] ?? []
+            if let i = list.firstIndex(where: { $0.emoji == emoji }) {
+                list[i].count += 1
+                list[i].userIds.append(uid)
+            } else {
+                list.append(Reaction(emoji: emoji, count: 1, userIds: [uid]))
+            }
+            out[mid] = list
+        }
+        return out
+    }
+
+    func message(_ row: Row) throws -> Message {
+        let container = try row.string("container_id")
+        let deleted = try row.bool("deleted")
+        return make(
+            id: try row.string("id"), container: container, author: try row.string("author_id"),
+            text: try row.string("text"), sentAt: try row.timestamp("sent_at"),
+            editedAt: try row.optionalTimestamp("edited_at"), deleted: deleted, replyTo: try row.optionalString("reply_to"))
+    }
+
+    func make(
+        id: String, container: String, author: String, text: String, sentAt: Timestamp, editedAt: Timestamp?,
+        deleted: Bool, replyTo: String?
+    ) -> Message {
+        Message(
+            id: id, authorId: author, conversationId: kind == .conversation ? container : nil,
+            chatId: kind == .chat ? container : nil, text: text, sentAt: sentAt, editedAt: editedAt,
+            deleted: deleted ? true : nil, replyTo: replyTo, reactions: nil)
+    }
+}

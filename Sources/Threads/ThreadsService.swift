@@ -1,0 +1,306 @@
+import Foundation
+import Groups
+import Messaging
+import ServiceKit
+import Storage
+
+public struct Conversation: Codable, Sendable, Equatable {
+    public var id: String
+    public var groupId: String
+    public var topic: String
+    public var createdAt: Timestamp
+    public var createdBy: String?
+}
+
+public struct CreateConversationRequest: Codable, Sendable {
+    public var groupId: String
+    public var topic: String
+}
+
+public struct ConversationResponse: Codable, Sendable {
+    public var conversation: Conversation
+}
+
+public struct ReadConversationRequest: Codable, Sendable {
+    public var id: String
+    public var groupId: String?
+}
+
+public struct UpdateConversationRequest: Codable, Sendable {
+    public var id: String
+    public var topic: String
+}
+
+public struct ConversationIDRequest: Codable, Sendable {
+    public var id: String
+}
+
+public struct ListConversationsRequest: Codable, Sendable {
+    public var groupId: String
+}
+
+public struct ConversationsResponse: Codable, Sendable {
+    public var conversations: [Conversation]
+}
+
+public struct RecentMessagesRequest: Codable, Sendable {
+    public var conversationIds: [String]
+    public var limitPerConversation: Int?
+}
+
+public struct ThreadSearchRequest: Codable, Sendable {
+    public var query: String
+    public var groupId: String?
+    public var limit: Int?
+}
+
+/// What other services may ask of the threads service.
+public protocol ThreadsClient: Sendable {
+    func conversations(ids: [String]) async throws -> [String: Conversation]
+    func conversations(inGroup groupID: String) async throws -> [Conversation]
+    func recentMessages(_ conversationIDs: [String], limit: Int) async throws -> [String: [Message]]
+    func unreadCounts(for user: String, since: [String: Timestamp?]) async throws -> [String: Int]
+}
+
+/// Group conversations (API.md `threads/*`): only a group's members read or write them.
+public struct ThreadsService: ServiceDefinition, ThreadsClient {
+    public let name = "threads"
+    let db: any Database
+    let groups: any GroupsClient
+    let board: MessageBoard
+
+    public static let migrations = [
+        Migration(service: "threads", version: 1, [
+            """
+            CREATE TABLE conversations (
+                id TEXT PRIMARY KEY,
+                group_id TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                created_by TEXT,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL)
+            """,
+            "CREATE INDEX conversations_group ON conversations (group_id, created_at)",
+        ]),
+        MessageBoard.migrations(service: "threads", tablePrefix: "thread", version: 2),
+    ]
+
+    public init(db: any Database, groups: any GroupsClient, maxTextLength: Int = 4000) {
+        self.db = db
+        self.groups = groups
+        self.board = MessageBoard(db: db, kind: .conversation, tablePrefix: "thread", maxTextLength: maxTextLength)
+    }
+
+    public var endpoints: [Endpoint] {
+        [
+            Endpoint(service: name, method: "CreateConversation", summary: "Start a conversation in a group (members).",
+                     access: .signedIn, handler: createConversation),
+            Endpoint(service: name, method: "ReadConversation", summary: "One conversation (members).",
+                     access: .signedIn, handler: readConversation),
+            Endpoint(service: name, method: "UpdateConversation", summary: "Change the topic (its creator or admins).",
+                     access: .signedIn, handler: updateConversation),
+            Endpoint(service: name, method: "DeleteConversation",
+                     summary: "Delete a conversation and its messages (its creator or admins).",
+                     access: .signedIn, handler: deleteConversation),
+            Endpoint(service: name, method: "ListConversations", summary: "A group's conversations (members).",
+                     access: .signedIn, handler: listConversations),
+            Endpoint(service: name, method: "CreateMessage",
+                     summary: "Send a message; a repeated client-chosen id returns the stored one.",
+                     access: .signedIn, handler: createMessage),
+            Endpoint(service: name, method: "ListMessages",
+                     summary: "A page of messages, newest first (`sent_before`, `sent_after`, `limit` ≤ 100).",
+                     access: .signedIn, handler: listMessages),
+            Endpoint(service: name, method: "RecentMessages", summary: "The latest messages of several conversations.",
+                     access: .signedIn, handler: recentMessagesEndpoint),
+            Endpoint(service: name, method: "UpdateMessage", summary: "Edit a message (its author).",
+                     access: .signedIn, handler: updateMessage),
+            Endpoint(service: name, method: "DeleteMessage", summary: "Delete a message, leaving a tombstone (author or admins).",
+                     access: .signedIn, handler: deleteMessage),
+            Endpoint(service: name, method: "AddReaction", summary: "React to a message.",
+                     access: .signedIn, handler: addReaction),
+            Endpoint(service: name, method: "RemoveReaction", summary: "Take a reaction back.",
+                     access: .signedIn, handler: removeReaction),
+        ]
+    }
+
+    // MARK: Conversations
+
+    func createConversation(_ req: CreateConversationRequest, _ ctx: CallContext) async throws -> ConversationResponse {
+        let groupID = try Validate.id(req.groupId, field: "group_id")
+        let topic = try Validate.name(req.topic, field: "topic")
+        _ = try await groups.require(.member, in: groupID, caller: ctx.caller)
+        let c = Conversation(id: UUID().uuidString.lowercased(), groupId: groupID, topic: topic, createdAt: .now(),
+                             createdBy: ctx.caller.userID)
+        try await db.write { tx in
+            try await tx.query(
+                "INSERT INTO conversations (id, group_id, topic, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
+                c.id, c.groupId, c.topic, c.createdBy, c.createdAt)
+            try await EventLog.append(tx, type: "conversation.created", audience: "group:\(groupID)", payload: c)
+        }
+        return ConversationResponse(conversation: c)
+    }
+
+    func readConversation(_ req: ReadConversationRequest, _ ctx: CallContext) async throws -> ConversationResponse {
+        let c = try await readable(try Validate.id(req.id, field: "id"), ctx.caller)
+        if let g = req.groupId, !g.isEmpty, g != c.conversation.groupId {
+            throw ServiceError.notFound("conversation not found")
+        }
+        return ConversationResponse(conversation: c.conversation)
+    }
+
+    func updateConversation(_ req: UpdateConversationRequest, _ ctx: CallContext) async throws -> ConversationResponse {
+        let topic = try Validate.name(req.topic, field: "topic")
+        let (c, role) = try await readable(try Validate.id(req.id, field: "id"), ctx.caller)
+        try Self.requireCreatorOrAdmin(c, role, ctx.caller)
+        var changed = c
+        changed.topic = topic
+        let updated = changed
+        try await db.write { tx in
+            try await tx.query("UPDATE conversations SET topic = $2, updated_at = $3 WHERE id = $1", c.id, topic, Timestamp.now())
+            try await EventLog.append(tx, type: "conversation.updated", audience: "group:\(c.groupId)", payload: updated)
+        }
+        return ConversationResponse(conversation: updated)
+    }
+
+    func deleteConversation(_ req: ConversationIDRequest, _ ctx: CallContext) async throws -> Empty {
+        let (c, role) = try await readable(try Validate.id(req.id, field: "id"), ctx.caller)
+        try Self.requireCreatorOrAdmin(c, role, ctx.caller)
+        try await db.write { tx in
+            try await board.deleteAll(in: c.id, tx: tx)
+            try await tx.query("DELETE FROM conversations WHERE id = $1", c.id)
+            try await EventLog.append(tx, type: "conversation.deleted", audience: "group:\(c.groupId)",
+                                      payload: ["id": c.id, "group_id": c.groupId])
+        }
+        return Empty()
+    }
+
+    func listConversations(_ req: ListConversationsRequest, _ ctx: CallContext) async throws -> ConversationsResponse {
+        let groupID = try Validate.id(req.groupId, field: "group_id")
+        _ = try await groups.require(.member, in: groupID, caller: ctx.caller)
+        return ConversationsResponse(conversations: try await conversations(inGroup: groupID))
+    }
+
+    static func requireCreatorOrAdmin(_ c: Conversation, _ role: Role, _ caller: Caller) throws {
+        guard role >= .admin || (c.createdBy != nil && c.createdBy == caller.userID) else {
+            throw ServiceError.forbidden("only the conversation's creator or group admins may do this")
+        }
+    }
+
+    /// The conversation and the caller's role in its group; 404 for non-members.
+    func readable(_ id: String, _ caller: Caller) async throws -> (conversation: Conversation, role: Role) {
+        guard let c = try await conversations(ids: [id])[id] else { throw ServiceError.notFound("conversation not found") }
+        do {
+            return (c, try await groups.require(.member, in: c.groupId, caller: caller))
+        } catch let e as ServiceError where e.status == .notFound {
+            throw ServiceError.notFound("conversation not found")
+        }
+    }
+
+    // MARK: Messages
+
+    func createMessage(_ req: CreateMessageRequest, _ ctx: CallContext) async throws -> MessageResponse {
+        let author = try ctx.caller.actingUser(req.authorId, field: "author_id")
+        guard let cid = req.conversationId, !cid.isEmpty else { throw ServiceError.invalidField("conversation_id", "is required") }
+        let (c, _) = try await readable(try Validate.id(cid, field: "conversation_id"), .user(id: author, sessionID: "", isAdmin: false))
+        let m = try await board.create(
+            id: req.id, container: c.id, author: author, text: req.text, replyTo: req.replyTo, audience: "group:\(c.groupId)")
+        return MessageResponse(message: m)
+    }
+
+    func listMessages(_ req: ListMessagesRequest, _ ctx: CallContext) async throws -> MessagesResponse {
+        guard let cid = req.conversationId, !cid.isEmpty else { throw ServiceError.invalidField("conversation_id", "is required") }
+        let (c, _) = try await readable(try Validate.id(cid, field: "conversation_id"), ctx.caller)
+        return MessagesResponse(messages: try await board.list(
+            container: c.id, sentBefore: req.sentBefore, sentAfter: req.sentAfter, limit: req.limit))
+    }
+
+    func recentMessagesEndpoint(_ req: RecentMessagesRequest, _ ctx: CallContext) async throws -> MessagesResponse {
+        let ids = try Validate.ids(req.conversationIds, field: "conversation_ids", max: 100)
+        let limit = req.limitPerConversation ?? 25
+        guard (1...100).contains(limit) else { throw ServiceError.invalidField("limit_per_conversation", "must be between 1 and 100") }
+        let found = try await conversations(ids: ids)
+        var allowed = Array(found.keys)
+        if let uid = ctx.caller.userID {
+            let roles = try await groups.roles(of: uid, in: found.values.map(\.groupId))
+            allowed = found.values.filter { roles[$0.groupId] != nil }.map(\.id)
+        }
+        let recent = try await board.recent(containers: allowed, limit: limit)
+        // In the order asked for, newest first within each.
+        return MessagesResponse(messages: ids.flatMap { recent[$0] ?? [] })
+    }
+
+    func updateMessage(_ req: UpdateMessageRequest, _ ctx: CallContext) async throws -> MessageResponse {
+        let (m, c, _) = try await readableMessage(req.id, ctx.caller)
+        guard let author = ctx.caller.userID else { throw ServiceError.forbidden("only the author may edit a message") }
+        return MessageResponse(message: try await board.edit(m.id, by: author, text: req.text, audience: "group:\(c.groupId)"))
+    }
+
+    func deleteMessage(_ req: MessageIDRequest, _ ctx: CallContext) async throws -> MessageResponse {
+        let (m, c, role) = try await readableMessage(req.id, ctx.caller)
+        guard m.authorId == ctx.caller.userID || role >= .admin else {
+            throw ServiceError.forbidden("only the author or group admins may delete a message")
+        }
+        return MessageResponse(message: try await board.delete(m.id, audience: "group:\(c.groupId)"))
+    }
+
+    func addReaction(_ req: ReactionRequest, _ ctx: CallContext) async throws -> MessageResponse {
+        try await react(req, ctx, add: true)
+    }
+
+    func removeReaction(_ req: ReactionRequest, _ ctx: CallContext) async throws -> MessageResponse {
+        try await react(req, ctx, add: false)
+    }
+
+    func react(_ req: ReactionRequest, _ ctx: CallContext, add: Bool) async throws -> MessageResponse {
+        guard let user = ctx.caller.userID else { throw ServiceError.forbidden("reactions belong to users") }
+        let (m, c, _) = try await readableMessage(req.messageId, ctx.caller, field: "message_id")
+        return MessageResponse(message: try await board.react(m.id, user: user, emoji: req.emoji, add: add, audience: "group:\(c.groupId)"))
+    }
+
+    func readableMessage(_ id: String, _ caller: Caller, field: String = "id") async throws -> (Message, Conversation, Role) {
+        let id = try Validate.id(id, field: field)
+        guard let (m, container) = try await board.message(id) else { throw ServiceError.notFound("message not found") }
+        do {
+            let (c, role) = try await readable(container, caller)
+            return (m, c, role)
+        } catch let e as ServiceError where e.status == .notFound {
+            throw ServiceError.notFound("message not found")
+        }
+    }
+
+    // MARK: ThreadsClient
+
+    public func conversations(ids: [String]) async throws -> [String: Conversation] {
+        let unique = Array(Set(ids))
+        guard !unique.isEmpty else { return [:] }
+        return try await db.read { conn in
+            try await conn.query(
+                "SELECT id, group_id, topic, created_by, created_at FROM conversations WHERE id IN (\(SQL.list(unique.count)))",
+                unique
+            ).reduce(into: [:]) { let c = try Self.conversation($1); $0[c.id] = c }
+        }
+    }
+
+    public func conversations(inGroup groupID: String) async throws -> [Conversation] {
+        try await db.read { conn in
+            try await conn.query(
+                "SELECT id, group_id, topic, created_by, created_at FROM conversations WHERE group_id = $1 ORDER BY created_at, id",
+                groupID
+            ).map(Self.conversation)
+        }
+    }
+
+    public func recentMessages(_ conversationIDs: [String], limit: Int) async throws -> [String: [Message]] {
+        try await board.recent(containers: conversationIDs, limit: limit)
+    }
+
+    public func unreadCounts(for user: String, since: [String: Timestamp?]) async throws -> [String: Int] {
+        try await board.unreadCounts(for: user, since: since)
+    }
+
+    static func conversation(_ row: Row) throws -> Conversation {
+        Conversation(
+            id: try row.string("id"), groupId: try row.string("group_id"), topic: try row.string("topic"),
+            createdAt: try row.timestamp("created_at"), createdBy: try row.optionalString("created_by"))
+    }
+}
