@@ -79,7 +79,9 @@ public struct MessageBoard: Sendable {
                 try await EventLog.serialize(tx)
                 let last = try await tx.first(
                     "SELECT MAX(sent_at) AS last FROM \(messages) WHERE container_id = $1", container)?.optionalInt("last")
-                let sentAt = Timestamp(microseconds: max(Timestamp.now().microseconds, (last ?? 0) + 1))
+                // Whole milliseconds, as the API writes them: a `sent_at` read back from JSON is exact.
+                let now = Timestamp.now().microseconds / 1000 * 1000
+                let sentAt = Timestamp(microseconds: max(now, (last ?? 0) + 1000))
                 try await tx.query(
                     "INSERT INTO \(messages) (id, container_id, author_id, text, sent_at, reply_to) VALUES ($1, $2, $3, $4, $5, $6)",
                     id, container, author, text, sentAt, replyTo)

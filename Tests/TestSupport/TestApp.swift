@@ -123,3 +123,61 @@ public func withTestApp<T: Sendable>(
         throw error
     }
 }
+
+/// Chat fixtures: a group with an owner, an admin, a member, and a stranger outside it.
+public struct GroupFixture: Sendable {
+    public let owner: APIClient.Account
+    public let admin: APIClient.Account
+    public let member: APIClient.Account
+    public let stranger: APIClient.Account
+    public let groupID: String
+    public let conversationID: String
+}
+
+extension APIClient {
+    /// Creates a group owned by `owner` and returns its id.
+    public func createGroup(_ owner: Account, name: String = "Friends") async throws -> String {
+        let r = try await post("groups/Create", ["name": name], token: owner.token)
+        guard let id = (r["group"] as? [String: Any])?["id"] as? String else {
+            throw TestDatabaseError(description: "groups/Create failed: \(r.status) \(r.text)")
+        }
+        return id
+    }
+
+    /// Adds `user` to the group on behalf of `admin`, optionally making them an admin.
+    public func add(_ user: Account, to groupID: String, by admin: Account, role: String? = nil) async throws {
+        let r = try await post("groups/AddMember", ["group_id": groupID, "member_id": user.id], token: admin.token)
+        guard r.status == .ok else { throw TestDatabaseError(description: "AddMember failed: \(r.text)") }
+        if let role {
+            let s = try await post("groups/SetRole", ["group_id": groupID, "member_id": user.id, "role": role], token: admin.token)
+            guard s.status == .ok else { throw TestDatabaseError(description: "SetRole failed: \(s.text)") }
+        }
+    }
+
+    public func fixture() async throws -> GroupFixture {
+        let owner = try await signUp("Owner")
+        let admin = try await signUp("Admin")
+        let member = try await signUp("Member")
+        let stranger = try await signUp("Stranger")
+        let group = try await createGroup(owner)
+        try await add(admin, to: group, by: owner, role: "admin")
+        try await add(member, to: group, by: owner)
+        let c = try await post("threads/CreateConversation", ["group_id": group, "topic": "General"], token: owner.token)
+        guard let cid = (c["conversation"] as? [String: Any])?["id"] as? String else {
+            throw TestDatabaseError(description: "CreateConversation failed: \(c.text)")
+        }
+        return GroupFixture(owner: owner, admin: admin, member: member, stranger: stranger, groupID: group, conversationID: cid)
+    }
+
+    /// Sends a message to a conversation and returns its JSON.
+    @discardableResult
+    public func say(_ text: String, in conversationID: String, as author: Account, id: String? = nil) async throws -> [String: Any] {
+        var body: [String: Any] = ["conversation_id": conversationID, "text": text]
+        if let id { body["id"] = id }
+        let r = try await post("threads/CreateMessage", body, token: author.token)
+        guard r.status == .ok, let m = r["message"] as? [String: Any] else {
+            throw TestDatabaseError(description: "CreateMessage failed: \(r.status) \(r.text)")
+        }
+        return m
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import ServiceKit
+import Testing
+import TestSupport
+
+@Suite("invites: links, emails, preview, accept")
+struct InvitesTests {
+    @Test(arguments: Backend.all)
+    func openLinkFlow(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let r = try await api.post("invites/Create", ["group_id": f.groupID, "max_uses": 2], token: f.admin.token)
+            #expect(r.status == .ok)
+            let invite = try #require(r["invite"] as? [String: Any])
+            let code = try #require(invite["code"] as? String)
+            #expect(code.count >= 22)  // 128 bits
+            #expect(invite["email"] as? String == "")
+            #expect(invite["inviter_id"] as? String == f.admin.id)
+
+            // Preview needs no session and tells only the group name and the inviter.
+            let p = try await api.post("invites/Preview", ["code": code])
+            #expect(p.status == .ok)
+            #expect(p.json.keys.sorted() == ["group_name", "inviter_name"])
+            #expect(p["group_name"] as? String == "Friends")
+            #expect(p["inviter_name"] as? String == "Admin User")
+            #expect(try await api.post("invites/Preview", ["code": "wrong"]).status == .notFound)
+
+            let a = try await api.signUp("A"), b = try await api.signUp("B"), c = try await api.signUp("C")
+            let joined = try await api.post("invites/Accept", ["code": code], token: a.token)
+            #expect(joined.status == .ok)
+            #expect(((joined["group"] as? [String: Any])?["member_ids"] as? [String])?.contains(a.id) == true)
+            // Accepting again does not use the invite up.
+            #expect(try await api.post("invites/Accept", ["code": code], token: a.token).status == .ok)
+            #expect(try await api.post("invites/Accept", ["code": code], token: b.token).status == .ok)
+            // Two uses are gone.
+            #expect(try await api.post("invites/Accept", ["code": code], token: c.token).status == .notFound)
+            #expect(try await api.post("invites/Preview", ["code": code]).status == .notFound)
+            #expect(try await api.post("invites/Accept", ["code": code]).status == .unauthorized)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func emailInvitesAreForThatAddressOnly(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let guest = try await api.signUp("Guest")
+            let r = try await api.post("invites/Create", ["group_id": f.groupID, "email": guest.email.uppercased()], token: f.owner.token)
+            let invite = try #require(r["invite"] as? [String: Any])
+            let code = try #require(invite["code"] as? String)
+            #expect(invite["max_uses"] as? Int == 1)
+            // The invitee sees their invites, nobody else may list them.
+            let mine = try await api.post("invites/List", ["email": guest.email], token: guest.token)
+            #expect((mine["invites"] as? [Any])?.count == 1)
+            #expect(try await api.post("invites/List", ["email": guest.email], token: f.stranger.token).status == .forbidden)
+            #expect(try await api.post("invites/Read", ["id": invite["id"] as! String], token: guest.token).status == .ok)
+            // Someone else holding the code cannot use it.
+            #expect(try await api.post("invites/Accept", ["code": code], token: f.stranger.token).status == .forbidden)
+            #expect(try await api.post("invites/Accept", ["code": code], token: guest.token).status == .ok)
+            #expect(try await api.post("invites/Create", ["group_id": f.groupID, "email": "nope"], token: f.owner.token).detail
+                    == "email: must be an email address")
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func onlyAdminsManageInvites(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            #expect(try await api.post("invites/Create", ["group_id": f.groupID], token: f.member.token).status == .forbidden)
+            #expect(try await api.post("invites/Create", ["group_id": f.groupID], token: f.stranger.token).status == .notFound)
+            let r = try await api.post("invites/Create", ["group_id": f.groupID], token: f.owner.token)
+            let invite = try #require(r["invite"] as? [String: Any])
+            let id = try #require(invite["id"] as? String), code = try #require(invite["code"] as? String)
+            #expect(try await api.post("invites/List", ["group_id": f.groupID], token: f.member.token).status == .forbidden)
+            let list = try await api.post("invites/List", ["group_id": f.groupID], token: f.admin.token)
+            #expect((list["invites"] as? [Any])?.count == 1)
+            #expect(try await api.post("invites/Read", ["id": id], token: f.member.token).status == .forbidden)
+            #expect(try await api.post("invites/Read", ["id": id], token: f.stranger.token).status == .notFound)
+            #expect(try await api.post("invites/Read", ["code": code], token: f.stranger.token).status == .ok)
+            #expect(try await api.post("invites/Delete", ["id": id], token: f.member.token).status == .forbidden)
+            #expect(try await api.post("invites/Delete", ["id": id], token: f.admin.token).status == .ok)
+            #expect(try await api.post("invites/Accept", ["code": code], token: f.stranger.token).status == .notFound)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func expiredInvitesStopWorking(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let past = try await api.post("invites/Create", ["group_id": f.groupID, "expires_at": "2020-01-01T00:00:00Z"], token: f.owner.token)
+            #expect(past.detail == "expires_at: must be in the future")
+            let soon = Timestamp.now().adding(seconds: 0.4).rfc3339
+            let r = try await api.post("invites/Create", ["group_id": f.groupID, "expires_at": soon], token: f.owner.token)
+            let code = try #require((r["invite"] as? [String: Any])?["code"] as? String)
+            try await Task.sleep(for: .milliseconds(600))
+            #expect(try await api.post("invites/Preview", ["code": code]).status == .notFound)
+            #expect(try await api.post("invites/Accept", ["code": code], token: f.stranger.token).status == .notFound)
+        }
+    }
+}
