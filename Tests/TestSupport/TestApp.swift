@@ -110,6 +110,9 @@ public func withTestApp<T: Sendable>(
     config.databaseURL = db.url
     config.bcryptCost = 4
     config.logLevel = .warning
+    // Tests sign many people up from one address; the rate-limit tests set their own budgets.
+    config.users.signupPerAddress = .init(burst: 10_000, refillSeconds: 1)
+    config.users.loginPerAddress = .init(burst: 10_000, refillSeconds: 1)
     configure(&config)
     do {
         let app = try await Verteilt.build(config, logger: TestDatabase.logger)
