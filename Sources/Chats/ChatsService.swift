@@ -62,6 +62,7 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
             "CREATE INDEX chat_members_user ON chat_members (user_id)",
         ]),
         MessageBoard.migrations(service: "chats", tablePrefix: "chat", version: 2),
+        FullText.migration(service: "chats", version: 3, table: "chat_messages"),
     ]
 
     public init(db: any Database, groups: any GroupsClient, maxTextLength: Int = 4000) {
@@ -91,6 +92,8 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
                      access: .signedIn, handler: addReaction),
             Endpoint(service: name, method: "RemoveReaction", summary: "Take a reaction back.",
                      access: .signedIn, handler: removeReaction),
+            Endpoint(service: name, method: "Search", summary: "Full-text search over the caller's chats.",
+                     access: .signedIn, handler: search),
         ]
     }
 
@@ -175,6 +178,12 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
         guard let user = ctx.caller.userID else { throw ServiceError.forbidden("reactions belong to users") }
         let (m, chat) = try await readableMessage(req.messageId, ctx.caller, field: "message_id")
         return MessageResponse(message: try await board.react(m.id, user: user, emoji: req.emoji, add: add, audience: "chat:\(chat.id)"))
+    }
+
+    func search(_ req: SearchRequest, _ ctx: CallContext) async throws -> MessagesResponse {
+        guard let user = ctx.caller.userID else { throw ServiceError.forbidden("search is for user sessions") }
+        return MessagesResponse(messages: try await board.search(
+            containers: try await chatIDs(of: user), query: req.query, limit: req.limit))
     }
 
     // MARK: Access

@@ -244,6 +244,29 @@ public struct MessageBoard: Sendable {
         }
     }
 
+    /// Messages in `containers` holding every word of `query`, newest first; tombstones never match.
+    public func search(containers: [String], query: String, limit: Int?) async throws -> [Message] {
+        let limit = limit ?? 25
+        guard (1...100).contains(limit) else { throw ServiceError.invalidField("limit", "must be between 1 and 100") }
+        guard query.count <= 200 else { throw ServiceError.invalidField("query", "must be at most 200 characters") }
+        let unique = Array(Set(containers))
+        guard !unique.isEmpty,
+              let match = FullText.condition(dialect: db.dialect, table: messages, query: query, placeholder: unique.count + 1)
+        else { return [] }
+        var binds: [any SQLBindable] = unique
+        binds.append(match.bind)
+        binds.append(limit)
+        let rows = try await db.read { [binds] conn in
+            try await conn.query(
+                """
+                SELECT \(Self.columns) FROM \(messages)
+                WHERE container_id IN (\(SQL.list(unique.count))) AND deleted = 0 AND \(match.sql)
+                ORDER BY sent_at DESC LIMIT $\(unique.count + 2)
+                """, binds)
+        }
+        return try await withReactions(rows)
+    }
+
     /// The newest send time per container.
     public func lastSent(containers: [String]) async throws -> [String: Timestamp] {
         let unique = Array(Set(containers))

@@ -7,16 +7,23 @@ import ServiceKit
 public struct Migration: Sendable {
     public let service: String
     public let version: Int
-    public let statements: [String]
+    let statements: [SQLDialect: [String]]
 
     public init(service: String, version: Int, _ statements: [String]) {
         self.service = service
         self.version = version
-        self.statements = statements
+        self.statements = [.sqlite: statements, .postgres: statements]
+    }
+
+    /// A change that each engine spells its own way (only Storage's own helpers need this).
+    init(service: String, version: Int, sqlite: [String], postgres: [String]) {
+        self.service = service
+        self.version = version
+        self.statements = [.sqlite: sqlite, .postgres: postgres]
     }
 
     func expanded(for dialect: SQLDialect) -> [String] {
-        statements.map { sql in
+        (statements[dialect] ?? []).map { sql in
             switch dialect {
             case .sqlite:
                 return sql.replacingOccurrences(of: "{{serial}}", with: "INTEGER PRIMARY KEY AUTOINCREMENT")

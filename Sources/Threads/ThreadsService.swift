@@ -83,6 +83,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
             "CREATE INDEX conversations_group ON conversations (group_id, created_at)",
         ]),
         MessageBoard.migrations(service: "threads", tablePrefix: "thread", version: 2),
+        FullText.migration(service: "threads", version: 3, table: "thread_messages"),
     ]
 
     public init(db: any Database, groups: any GroupsClient, maxTextLength: Int = 4000) {
@@ -120,6 +121,9 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
                      access: .signedIn, handler: addReaction),
             Endpoint(service: name, method: "RemoveReaction", summary: "Take a reaction back.",
                      access: .signedIn, handler: removeReaction),
+            Endpoint(service: name, method: "Search",
+                     summary: "Full-text search over the messages of the caller's groups (or one group).",
+                     access: .signedIn, handler: search),
         ]
     }
 
@@ -255,6 +259,21 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         guard let user = ctx.caller.userID else { throw ServiceError.forbidden("reactions belong to users") }
         let (m, c, _) = try await readableMessage(req.messageId, ctx.caller, field: "message_id")
         return MessageResponse(message: try await board.react(m.id, user: user, emoji: req.emoji, add: add, audience: "group:\(c.groupId)"))
+    }
+
+    func search(_ req: ThreadSearchRequest, _ ctx: CallContext) async throws -> MessagesResponse {
+        guard let user = ctx.caller.userID else { throw ServiceError.forbidden("search is for user sessions") }
+        var groupIDs: [String]
+        if let g = req.groupId, !g.isEmpty {
+            let id = try Validate.id(g, field: "group_id")
+            _ = try await groups.require(.member, in: id, caller: ctx.caller)
+            groupIDs = [id]
+        } else {
+            groupIDs = try await groups.groupIDs(of: user)
+        }
+        var containers: [String] = []
+        for g in groupIDs { containers += try await conversations(inGroup: g).map(\.id) }
+        return MessagesResponse(messages: try await board.search(containers: containers, query: req.query, limit: req.limit))
     }
 
     func readableMessage(_ id: String, _ caller: Caller, field: String = "id") async throws -> (Message, Conversation, Role) {

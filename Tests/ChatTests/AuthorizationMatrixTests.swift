@@ -98,6 +98,8 @@ struct AuthorizationMatrixTests {
         Row(path: "threads/RemoveReaction", expected: [401, 404, 200, 200, 200, 403]) { e in
             ["message_id": try await e.memberMessage(), "emoji": "👍"]
         },
+        Row(path: "threads/Search", expected: [401, 200, 200, 200, 200, 403]) { _ in ["query": "hi"] },
+        Row(path: "chats/Search", expected: [401, 200, 200, 200, 200, 403]) { _ in ["query": "hi"] },
         // chats: the chat is the owner's and the member's; the admin is not in it
         Row(path: "chats/CreateChat", expected: [401, 403, 400, 200, 200, 400]) { e in ["user_ids": [e.f.member.id]] },
         Row(path: "chats/CreateMessage", expected: [401, 404, 200, 404, 200, 400]) { e in ["chat_id": e.chatID, "text": "hi"] },
