@@ -37,6 +37,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "bcrypt cost, 4...31 (env BCRYPT_COST; default 12).") var bcryptCost: UInt8?
     @Option(help: "Largest request body in bytes (default 1048576).") var maxBodySize: Int?
     @Option(help: "Seconds a request may take before it gets 504 (default 10).") var requestTimeout: Double?
+    @Option(help: "Longest message text in characters (default 4000).") var maxTextLength: Int?
 
     func run() async throws {
         var config = db.configuration()
@@ -51,6 +52,10 @@ struct Serve: AsyncParsableCommand {
             config.bcryptCost = bcryptCost
         }
         if let maxBodySize { config.gateway.maxBodySize = maxBodySize }
+        if let maxTextLength {
+            guard maxTextLength > 0 else { throw ValidationError("max text length must be positive") }
+            config.maxTextLength = maxTextLength
+        }
         if let requestTimeout { config.gateway.requestTimeout = .milliseconds(Int64(requestTimeout * 1000)) }
         let app = try await Verteilt.build(config)
         try await app.application.runService()
