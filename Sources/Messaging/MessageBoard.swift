@@ -43,6 +43,8 @@ public struct MessageBoard: Sendable {
             """,
             // Unique per container: `sent_before`/`sent_after` pages never split or repeat a message.
             "CREATE UNIQUE INDEX \(m)_container_sent ON \(m) (container_id, sent_at)",
+            // Covers unread counting: the count never has to visit the table.
+            "CREATE INDEX \(m)_unread ON \(m) (container_id, sent_at, author_id, deleted)",
             """
             CREATE TABLE \(r) (
                 message_id TEXT NOT NULL,
