@@ -2,6 +2,7 @@ import Foundation
 import Gateway
 import Logging
 import ServiceKit
+import Realtime
 import Users
 
 /// Everything `verteilt serve` can be told; defaults are what a newcomer gets.
@@ -17,6 +18,9 @@ public struct AppConfiguration: Sendable {
     public var users = UsersService.Configuration()
     /// Longest message text, in characters.
     public var maxTextLength = 4000
+    /// How long the event log keeps events: a client resuming from an older cursor reloads.
+    public var eventRetention: Duration = .seconds(7 * 24 * 3600)
+    public var realtime = RealtimeLimits()
 
     public init() {}
 

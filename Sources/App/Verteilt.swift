@@ -6,7 +6,9 @@ import Groups
 import Hummingbird
 import Invites
 import Logging
+import HummingbirdWebSocket
 import Pages
+import Realtime
 import Seen
 import ServiceKit
 import Storage
@@ -21,7 +23,7 @@ public struct Verteilt: Sendable {
     /// Every service's migrations, in dependency order.
     public static let migrations: [Migration] = UsersService.migrations + CodesService.migrations
         + GroupsService.migrations + InvitesService.migrations + ThreadsService.migrations + ChatsService.migrations
-        + SeenService.migrations
+        + SeenService.migrations + StreamsService.migrations
 
     public static func build(_ config: AppConfiguration, logger: Logger? = nil) async throws -> Verteilt {
         var logger = logger ?? Logger(label: "verteilt")
@@ -38,13 +40,20 @@ public struct Verteilt: Sendable {
         let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let invites = InvitesService(db: db, groups: groups, users: directory)
-        let registry = ServiceRegistry([users, CodesService(db: db), groups, invites, threads, chats, seen])
+        let bus = EventBus(db: db, retention: config.eventRetention, logger: logger)
+        let presence = Presence(db: db, bus: bus, groups: groups, logger: logger)
+        let streams = StreamsService(db: db, groups: groups, chats: chats, presence: presence)
+        let registry = ServiceRegistry([users, CodesService(db: db), groups, invites, threads, chats, seen, streams])
         let pages = GroupPageBuilder(db: db, users: directory, groups: groups, threads: threads, chats: chats, seen: seen)
         let gateway = Gateway(registry: registry, authenticator: users.authenticator, config: config.gateway)
+        let realtime = RealtimeGateway(
+            gateway: gateway, bus: bus, streams: streams, groups: groups, chats: chats, threads: threads,
+            presence: presence, limits: config.realtime)
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: RequestIDMiddleware())
         gateway.addRoutes(to: router)
+        realtime.addRoutes(to: router)
         gateway.page("/api/groups/:id", on: router) { request, context, caller in
             let id = try Validate.id(context.parameters.get("id") ?? "", field: "id")
             let parts = try GroupPageBuilder.parts(request.uri.queryParameters.get("fields"))
@@ -62,13 +71,18 @@ public struct Verteilt: Sendable {
 
         var app = Application(
             router: router,
+            server: .http1WebSocketUpgrade(
+                configuration: .init(ws: .init(maxFrameSize: 1 << 16, autoPing: .enabled(timePeriod: .seconds(20)))),
+                shouldUpgrade: realtime.shouldUpgrade),
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "verteilt"),
-            services: [db.lifecycle],
+            // Shut down in reverse: the bus and presence stop before the database closes.
+            services: [db.lifecycle, bus, presence],
             logger: logger)
         let log = logger
         app.beforeServerStarts {
             let applied = try await Migrator.migrate(db, Self.migrations)
             if !applied.isEmpty { log.info("migrated", metadata: ["applied": .string(applied.joined(separator: ", "))]) }
+            try await bus.prepare()
         }
         return Verteilt(application: app, database: db)
     }

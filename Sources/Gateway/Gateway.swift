@@ -59,17 +59,24 @@ public struct Gateway: Sendable {
     }
 
     /// The session token a request carries: the Bearer header first, then the cookie.
-    public func token(_ request: Request) -> String? {
-        if let auth = request.headers[.authorization] {
+    public func token(_ request: Request) -> String? { token(headers: request.headers) }
+
+    public func token(headers: HTTPFields) -> String? {
+        if let auth = headers[.authorization] {
             let parts = auth.split(separator: " ", maxSplits: 1)
             if parts.count == 2, parts[0].lowercased() == "bearer" { return String(parts[1]).trimmingCharacters(in: .whitespaces) }
         }
-        return request.cookies[config.cookieName]?.value
+        let cookies = Cookies(from: headers[values: .cookie])
+        return cookies[config.cookieName]?.value
     }
 
     /// Resolves who is calling; an invalid token is an error only where a caller is required.
     public func caller(_ request: Request) async throws -> (Caller, String?) {
-        guard let token = token(request), !token.isEmpty else { return (.anonymous, nil) }
+        try await caller(headers: request.headers)
+    }
+
+    public func caller(headers: HTTPFields) async throws -> (Caller, String?) {
+        guard let token = token(headers: headers), !token.isEmpty else { return (.anonymous, nil) }
         return (try await authenticator.authenticate(token: token) ?? .anonymous, token)
     }
 

@@ -38,11 +38,19 @@ public protocol Database: Sendable {
     var lifecycle: any ServiceLifecycle.Service { get }
     /// Closes connections (for databases opened outside a service group).
     func close() async throws
+    /// Signalled after every commit that appended events (in this process).
+    var commits: CommitSignal { get }
+    /// Hands every message sent to `channel` by any node to `body` until the task is cancelled.
+    /// PostgreSQL's LISTEN; on SQLite, where one node is all there is, it only waits.
+    func listen(_ channel: String, _ body: @escaping @Sendable (String) async -> Void) async throws
+    /// Sends a message to every node listening on `channel` (PostgreSQL NOTIFY; a no-op on SQLite).
+    func notify(_ channel: String, payload: String) async throws
 }
 
 /// A write transaction: its statements and its events commit together.
 public struct Transaction: SQLExecutor {
     let executor: any SQLExecutor
+    let state = TransactionState()
     public var dialect: SQLDialect { executor.dialect }
 
     init(_ executor: any SQLExecutor) { self.executor = executor }

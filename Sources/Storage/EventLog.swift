@@ -33,6 +33,10 @@ public enum EventLog {
         _ tx: Transaction, type: String, audience: String, payload: some Encodable
     ) async throws -> Int64 {
         try await serialize(tx)
+        if tx.state.markAppended(), tx.dialect == .postgres {
+            // Delivered at commit to every node listening, this one included.
+            try await tx.query("SELECT pg_notify('\(notifyChannel)', '')")
+        }
         let json = String(decoding: try JSON.encode(payload), as: UTF8.self)
         let row = try await tx.first(
             "INSERT INTO events (type, audience, payload, created_at) VALUES ($1, $2, $3, $4) RETURNING seq",
@@ -46,6 +50,26 @@ public enum EventLog {
     /// sees seq 11 before seq 10. SQLite has one writer anyway. Calling it again is free.
     public static func serialize(_ tx: Transaction) async throws {
         if tx.dialect == .postgres { try await tx.query("SELECT pg_advisory_xact_lock(7201)") }
+    }
+
+    /// The PostgreSQL channel that announces committed events to every node.
+    public static let notifyChannel = "verteilt_events"
+
+    /// The oldest retained sequence number, nil for an empty log.
+    public static func oldest(_ db: any Database) async throws -> Int64? {
+        try await db.read { conn in
+            try await conn.first("SELECT MIN(seq) AS oldest FROM events")?.optionalInt("oldest")
+        }
+    }
+
+    /// Drops events older than `before`, always keeping the newest so the head stays known.
+    @discardableResult
+    public static func prune(_ db: any Database, before: Timestamp) async throws -> Int {
+        try await db.write { tx in
+            try await tx.query(
+                "DELETE FROM events WHERE created_at < $1 AND seq < (SELECT MAX(seq) FROM events) RETURNING seq", before
+            ).count
+        }
     }
 
     /// Events after `seq`, oldest first.

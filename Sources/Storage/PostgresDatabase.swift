@@ -7,6 +7,7 @@ import ServiceLifecycle
 /// PostgreSQL through PostgresNIO's pool. The pool runs as a service in the server's group.
 public final class PostgresDatabase: Database {
     public let dialect: SQLDialect = .postgres
+    public let commits = CommitSignal()
     public let client: PostgresClient
     let logger: Logger
 
@@ -54,8 +55,10 @@ public final class PostgresDatabase: Database {
             let executor = Connection(connection: conn, logger: logger)
             _ = try await executor.query("BEGIN", [])
             do {
-                let result = try await body(Transaction(executor))
+                let tx = Transaction(executor)
+                let result = try await body(tx)
                 _ = try await executor.query("COMMIT", [])
+                if tx.state.hasEvents { commits.signal() }
                 return result
             } catch {
                 _ = try? await executor.query("ROLLBACK", [])
@@ -65,6 +68,31 @@ public final class PostgresDatabase: Database {
     }
 
     public var lifecycle: any ServiceLifecycle.Service { client }
+
+    public func listen(_ channel: String, _ body: @escaping @Sendable (String) async -> Void) async throws {
+        // Holds one pooled connection while it listens; a lost connection is listened again.
+        while !Task.isCancelled {
+            do {
+                try await client.withConnection { conn in
+                    try await conn.listen(on: channel) { notifications in
+                        for try await n in notifications { await body(n.payload) }
+                    }
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("listen failed, retrying", metadata: ["channel": .string(channel), "error": .string("\(error)")])
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    public func notify(_ channel: String, payload: String) async throws {
+        try await client.withConnection { conn in
+            _ = try await Connection(connection: conn, logger: logger).query("SELECT pg_notify($1, $2)", [channel, payload])
+        }
+    }
 
     /// Runs the pool until the calling task is cancelled (outside a service group).
     public func runClient() async { await client.run() }

@@ -10,6 +10,7 @@ import ServiceLifecycle
 /// writer at a time) and a few reader connections that read concurrently with it.
 public final class SQLiteDatabase: Database {
     public let dialect: SQLDialect = .sqlite
+    public let commits = CommitSignal()
     private let writer: Connection
     private let readers: [Connection]
     private let writeLock = AsyncSemaphore(permits: 1)
@@ -72,8 +73,10 @@ public final class SQLiteDatabase: Database {
             try Task.checkCancellation()
             _ = try await writer.query("BEGIN IMMEDIATE", [])
             do {
-                let result = try await body(Transaction(writer))
+                let tx = Transaction(writer)
+                let result = try await body(tx)
                 _ = try await writer.query("COMMIT", [])
+                if tx.state.hasEvents { commits.signal() }
                 return result
             } catch {
                 _ = try? await writer.query("ROLLBACK", [])
@@ -83,6 +86,13 @@ public final class SQLiteDatabase: Database {
     }
 
     public var lifecycle: any ServiceLifecycle.Service { Lifecycle(database: self) }
+
+    public func listen(_ channel: String, _ body: @escaping @Sendable (String) async -> Void) async throws {
+        // One process is the only node: nothing ever arrives from elsewhere.
+        try await Task.sleep(for: .seconds(Double(Int32.max)))
+    }
+
+    public func notify(_ channel: String, payload: String) async throws {}
 
     public func close() async throws {
         let wasClosed = closed.withLockedValue { c in

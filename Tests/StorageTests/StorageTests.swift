@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import ServiceKit
 import Storage
 import Testing
@@ -114,16 +115,17 @@ struct StorageTests {
         try await TestDatabase.with(backend, migrations: [notes]) { db in
             try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "committed") }
             let (inside, signal) = AsyncStream<Void>.makeStream()
+            let writerDone = ManagedFlag()
             async let writer: Void = db.write { tx in
                 try await tx.query("INSERT INTO notes (text) VALUES ($1)", "uncommitted")
                 signal.yield()
-                try await Task.sleep(for: .milliseconds(300))
+                try await Task.sleep(for: .seconds(3))
+                writerDone.set()
             }
             for await _ in inside { break }
             // A reader neither waits for the writer nor sees its uncommitted row.
-            let start = ContinuousClock.now
             let rows = try await db.read { try await $0.query("SELECT text FROM notes") }
-            #expect(start.duration(to: .now) < .milliseconds(250))
+            #expect(!writerDone.isSet)
             #expect(try rows.map { try $0.string("text") } == ["committed"])
             try await writer
             #expect(try await db.read { try await $0.query("SELECT text FROM notes") }.count == 2)
@@ -148,3 +150,9 @@ struct StorageTests {
     }
 }
 
+
+final class ManagedFlag: Sendable {
+    private let value = NIOLockedValueBox(false)
+    func set() { value.withLockedValue { $0 = true } }
+    var isSet: Bool { value.withLockedValue { $0 } }
+}

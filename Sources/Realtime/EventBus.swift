@@ -1,0 +1,201 @@
+import DequeModule
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import ServiceKit
+import ServiceLifecycle
+import Storage
+
+/// What the bus tells a connection.
+enum BusSignal: Sendable {
+    /// New events are in the log.
+    case wake
+    /// A frame that is never stored (typing, presence) for everyone in `audience` but `except`.
+    case ephemeral(audience: String, frame: ByteBuffer, except: String?)
+}
+
+/// Tails the event log and wakes every connection of this node when events commit, here or on
+/// another node. Keeps the newest events, encoded, in a ring that connections read from; a
+/// connection that falls further behind than the ring reads the log itself while it catches up
+/// after a reconnect, and is told to resume later if it falls behind while live.
+public final class EventBus: Service, Sendable {
+    struct State {
+        var ring: Deque<FeedEvent> = []
+        var head: Int64 = 0
+        var prepared = false
+        var listeners: [UUID: AsyncStream<BusSignal>.Continuation] = [:]
+    }
+
+    public enum ReadResult: Sendable {
+        case events([FeedEvent])
+        /// The cursor is older than the ring and the caller may not read the log.
+        case behind
+        /// The cursor is older than the retained log, or from the future: reload.
+        case reload
+    }
+
+    let db: any Database
+    let capacity: Int
+    let pollInterval: Duration
+    let logger: Logger
+    let retention: Duration
+    public let nodeID = UUID().uuidString.lowercased()
+    private let state = NIOLockedValueBox(State())
+    private let wakeStream: AsyncStream<Void>
+    private let wakeContinuation: AsyncStream<Void>.Continuation
+    static let ephemeralChannel = "verteilt_ephemeral"
+
+    public init(
+        db: any Database, capacity: Int = 10_000, pollInterval: Duration = .seconds(1),
+        retention: Duration = .seconds(7 * 24 * 3600), logger: Logger
+    ) {
+        self.db = db
+        self.retention = retention
+        self.capacity = capacity
+        self.pollInterval = pollInterval
+        self.logger = logger
+        (wakeStream, wakeContinuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Reads the log's head. Runs before the server accepts connections.
+    public func prepare() async throws {
+        let head = try await EventLog.head(db)
+        state.withLockedValue {
+            $0.head = head
+            $0.prepared = true
+        }
+    }
+
+    public var head: Int64 { state.withLockedValue { $0.head } }
+    public var connectionCount: Int { state.withLockedValue { $0.listeners.count } }
+
+    public func run() async throws {
+        // `prepare()` runs once the schema exists (before the server starts); wait for it.
+        while !state.withLockedValue({ $0.prepared }) {
+            if Task.isCancelled || Task.isShuttingDownGracefully { return }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let db = self.db
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { for await _ in db.commits.stream() { self.wake() } }
+            group.addTask { try? await db.listen(EventLog.notifyChannel) { _ in self.wake() } }
+            group.addTask { try? await db.listen(Self.ephemeralChannel) { self.receiveRemote($0) } }
+            group.addTask {
+                // A missed notification delays delivery by at most this long; it never loses it.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.pollInterval)
+                    self.wake()
+                }
+            }
+            group.addTask {
+                // Events older than the retention period go; clients holding older cursors reload.
+                while !Task.isCancelled {
+                    let seconds = Double(self.retention.components.seconds)
+                    _ = try? await EventLog.prune(self.db, before: Timestamp.now().adding(seconds: -seconds))
+                    try? await Task.sleep(for: .seconds(3600))
+                }
+            }
+            group.addTask {
+                for await _ in self.wakeStream {
+                    do { try await self.catchUp() } catch {
+                        self.logger.warning("reading the event log failed", metadata: ["error": .string("\(error)")])
+                    }
+                }
+            }
+            try? await gracefulShutdown()
+            wakeContinuation.finish()
+            group.cancelAll()
+        }
+        for c in state.withLockedValue({ Array($0.listeners.values) }) { c.finish() }
+    }
+
+    func wake() { wakeContinuation.yield() }
+
+    /// Moves the ring up to the log's head, then wakes every connection.
+    func catchUp() async throws {
+        var woke = false
+        while true {
+            let after = head
+            let events = try await EventLog.read(db, after: after, limit: 1000).map(FeedEvent.init)
+            guard !events.isEmpty else { break }
+            let listeners = state.withLockedValue { s -> [AsyncStream<BusSignal>.Continuation] in
+                for e in events where e.seq > s.head {
+                    s.ring.append(e)
+                    s.head = e.seq
+                }
+                while s.ring.count > capacity { s.ring.removeFirst() }
+                return Array(s.listeners.values)
+            }
+            for l in listeners { l.yield(.wake) }
+            woke = true
+            if events.count < 1000 { break }
+        }
+        _ = woke
+    }
+
+    /// Events after `cursor`, oldest first, at most `limit`.
+    func read(after cursor: Int64, limit: Int, allowDatabase: Bool) async throws -> ReadResult {
+        enum Local { case events([FeedEvent]), older, future }
+        let local = state.withLockedValue { s -> Local in
+            if cursor > s.head { return .future }
+            if cursor == s.head { return .events([]) }
+            guard let first = s.ring.first, cursor >= first.seq - 1 else { return .older }
+            // First index with seq > cursor.
+            var lo = 0, hi = s.ring.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if s.ring[mid].seq <= cursor { lo = mid + 1 } else { hi = mid }
+            }
+            return .events(Array(s.ring[lo..<min(s.ring.count, lo + limit)]))
+        }
+        switch local {
+        case .events(let e): return .events(e)
+        case .future: return .reload
+        case .older:
+            guard allowDatabase else { return .behind }
+            if let oldest = try await EventLog.oldest(db), cursor < oldest - 1 { return .reload }
+            return .events(try await EventLog.read(db, after: cursor, limit: limit).map(FeedEvent.init))
+        }
+    }
+
+    func subscribe() -> (UUID, AsyncStream<BusSignal>) {
+        let (stream, continuation) = AsyncStream<BusSignal>.makeStream(bufferingPolicy: .bufferingNewest(256))
+        let id = UUID()
+        state.withLockedValue { $0.listeners[id] = continuation }
+        return (id, stream)
+    }
+
+    func unsubscribe(_ id: UUID) {
+        state.withLockedValue { $0.listeners.removeValue(forKey: id) }?.finish()
+    }
+
+    // MARK: Ephemeral frames
+
+    struct Remote: Codable {
+        var node: String
+        var audience: String
+        var frame: String
+        var except: String?
+    }
+
+    /// Sends a frame that is never stored to every connection in `audience` on every node.
+    func publish(audience: String, frame: String, except: String?) async {
+        deliver(audience: audience, frame: ByteBuffer(string: frame), except: except)
+        let remote = Remote(node: nodeID, audience: audience, frame: frame, except: except)
+        if let payload = try? JSON.encode(remote) {
+            try? await db.notify(Self.ephemeralChannel, payload: String(decoding: payload, as: UTF8.self))
+        }
+    }
+
+    func receiveRemote(_ payload: String) {
+        guard let r = try? JSON.decoder().decode(Remote.self, from: Data(payload.utf8)), r.node != nodeID else { return }
+        deliver(audience: r.audience, frame: ByteBuffer(string: r.frame), except: r.except)
+    }
+
+    func deliver(audience: String, frame: ByteBuffer, except: String?) {
+        for l in state.withLockedValue({ Array($0.listeners.values) }) {
+            l.yield(.ephemeral(audience: audience, frame: frame, except: except))
+        }
+    }
+}

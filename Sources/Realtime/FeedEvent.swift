@@ -1,0 +1,125 @@
+import Foundation
+import Groups
+import NIOCore
+import ServiceKit
+import Storage
+
+/// A committed event ready to send: its frame encoded once for everyone who may see it.
+public struct FeedEvent: Sendable {
+    public let seq: Int64
+    public let type: String
+    public let audience: String
+    /// `{"type":"event","cursor":…,"event":…,"data":…}` as bytes shared by every connection.
+    public let frame: ByteBuffer
+    /// How the event changes who may see what.
+    public let change: MembershipChange?
+    /// For `stream.message`: the topic and the frame the M3O Subscribe protocol sends.
+    public let stream: (topic: String, frame: ByteBuffer)?
+
+    init(_ e: Event) {
+        seq = e.seq
+        type = e.type
+        audience = e.audience
+        frame = ByteBuffer(string: #"{"type":"event","cursor":\#(e.seq),"event":"\#(e.type)","data":\#(e.payload)}"#)
+        change = MembershipChange(e)
+        if e.type == StreamMessage.eventType, let m = try? JSON.decoder().decode(StreamMessage.self, from: Data(e.payload.utf8)) {
+            let body = (try? JSON.encode(m)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+            stream = (m.topic, ByteBuffer(string: body))
+        } else {
+            stream = nil
+        }
+    }
+}
+
+/// The body of a `stream.message` event and the frame `streams/Subscribe` sends.
+public struct StreamMessage: Codable, Sendable {
+    public static let eventType = "stream.message"
+    public var topic: String
+    public var message: String
+    public var sentAt: Timestamp
+}
+
+/// Events that change which audiences a user belongs to.
+public enum MembershipChange: Sendable, Equatable {
+    case joined(group: String, user: String, role: Role)
+    case left(group: String, user: String)
+    case roleChanged(group: String, user: String, role: Role)
+    case groupDeleted(group: String)
+    case chatCreated(chat: String, users: [String])
+    case userDeleted(user: String)
+
+    init?(_ e: Event) {
+        let data = Data(e.payload.utf8)
+        switch e.type {
+        case "member.joined", "member.left", "member.role_changed":
+            guard let m = try? JSON.decoder().decode(MemberEvent.self, from: data) else { return nil }
+            switch e.type {
+            case "member.joined": self = .joined(group: m.groupId, user: m.userId, role: m.role ?? .member)
+            case "member.left": self = .left(group: m.groupId, user: m.userId)
+            default: self = .roleChanged(group: m.groupId, user: m.userId, role: m.role ?? .member)
+            }
+        case "group.deleted":
+            struct G: Decodable { var id: String }
+            guard let g = try? JSON.decoder().decode(G.self, from: data) else { return nil }
+            self = .groupDeleted(group: g.id)
+        case "chat.created":
+            struct C: Decodable { var id: String; var userIds: [String] }
+            guard let c = try? JSON.decoder().decode(C.self, from: data) else { return nil }
+            self = .chatCreated(chat: c.id, users: c.userIds)
+        case "user.deleted":
+            struct U: Decodable { var id: String }
+            guard let u = try? JSON.decoder().decode(U.self, from: data) else { return nil }
+            self = .userDeleted(user: u.id)
+        default:
+            return nil
+        }
+    }
+}
+
+/// The audiences one connection's user belongs to, kept current as membership events pass.
+struct Audiences: Sendable {
+    let user: String
+    private(set) var names: Set<String>
+
+    init(user: String, groups: [String: Role], chats: [String]) {
+        self.user = user
+        var names: Set<String> = ["user:\(user)"]
+        for (g, role) in groups {
+            names.insert("group:\(g)")
+            if role >= .admin { names.insert("group-admins:\(g)") }
+        }
+        for c in chats { names.insert("chat:\(c)") }
+        self.names = names
+    }
+
+    func contains(_ audience: String) -> Bool { names.contains(audience) }
+
+    /// Applies what must hold *before* the event is delivered (a joiner sees their own join).
+    mutating func before(_ change: MembershipChange) {
+        switch change {
+        case .joined(let g, let u, let role) where u == user:
+            names.insert("group:\(g)")
+            if role >= .admin { names.insert("group-admins:\(g)") }
+        case .roleChanged(let g, let u, let role) where u == user:
+            if role >= .admin { names.insert("group-admins:\(g)") } else { names.remove("group-admins:\(g)") }
+        case .chatCreated(let c, let users) where users.contains(user):
+            names.insert("chat:\(c)")
+        default:
+            break
+        }
+    }
+
+    /// Applies what must hold *after* the event is delivered (a leaver sees their own leaving).
+    mutating func after(_ change: MembershipChange) {
+        switch change {
+        case .left(let g, let u) where u == user:
+            names.remove("group:\(g)")
+            names.remove("group-admins:\(g)")
+        case .groupDeleted(let g):
+            names.remove("group:\(g)")
+            names.remove("group-admins:\(g)")
+        default:
+            break
+        }
+    }
+}

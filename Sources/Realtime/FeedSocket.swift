@@ -1,0 +1,205 @@
+import Chats
+import Foundation
+import Groups
+import HummingbirdWebSocket
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOWebSocket
+import ServiceKit
+import Storage
+import Threads
+
+/// Close codes the client acts on.
+public enum FeedCloseCode {
+    /// The connection fell behind: reconnect with `?since=<last cursor>`.
+    public static let resume: UInt16 = 4000
+    /// The account is gone.
+    public static let accountDeleted: UInt16 = 4001
+}
+
+/// One `/v1/events` connection: every event its user may see, in log order, then live; typing
+/// relayed; presence kept.
+struct FeedSocket: Sendable {
+    let bus: EventBus
+    let groups: any GroupsClient
+    let chats: any ChatsClient
+    let threads: any ThreadsClient
+    let presence: Presence
+    let limits: RealtimeLimits
+
+    func serve(user: String, since: Int64?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async {
+        let (id, signals) = bus.subscribe()
+        await presence.connected(user)
+        defer {
+            bus.unsubscribe(id)
+            presence.disconnected(user)
+        }
+        let roles: [String: Role]
+        let chatIDs: [String]
+        do {
+            let groupIDs = try await groups.groupIDs(of: user)
+            roles = try await groups.roles(of: user, in: groupIDs)
+            chatIDs = try await chats.chatIDs(of: user)
+        } catch {
+            try? await outbound.close(.unexpectedServerError, reason: "try again")
+            return
+        }
+        let audiences = NIOLockedValueBox(Audiences(user: user, groups: roles, chats: chatIDs))
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await self.send(user: user, since: since, signals: signals, audiences: audiences, outbound: outbound, logger: logger)
+            }
+            group.addTask {
+                await self.receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    // MARK: Server to client
+
+    func send(user: String, since: Int64?, signals: AsyncStream<BusSignal>, audiences: NIOLockedValueBox<Audiences>,
+              outbound: WebSocketOutboundWriter, logger: Logger) async {
+        var cursor = since ?? bus.head
+        // While replaying after a reconnect the log itself may be read; once live, falling behind
+        // the bus's ring means this client cannot keep up.
+        var catchingUp = since != nil
+        do {
+            try await outbound.writeTextMessage(#"{"type":"ready","cursor":\#(cursor)}"#)
+            var iterator = signals.makeAsyncIterator()
+            while true {
+                drain: while true {
+                    switch try await bus.read(after: cursor, limit: 500, allowDatabase: catchingUp) {
+                    case .reload:
+                        cursor = bus.head
+                        catchingUp = false
+                        try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
+                    case .behind:
+                        try await outbound.close(.unknown(FeedCloseCode.resume), reason: "resume from your cursor")
+                        return
+                    case .events(let events):
+                        if events.isEmpty {
+                            catchingUp = false
+                            break drain
+                        }
+                        for e in events {
+                            if case .userDeleted(let u)? = e.change, u == user {
+                                try await outbound.close(.unknown(FeedCloseCode.accountDeleted), reason: "account deleted")
+                                return
+                            }
+                            let visible = audiences.withLockedValue { a -> Bool in
+                                if let c = e.change { a.before(c) }
+                                return a.contains(e.audience)
+                            }
+                            if visible { try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame))) }
+                            if let c = e.change { audiences.withLockedValue { $0.after(c) } }
+                            cursor = e.seq
+                        }
+                    }
+                }
+                guard let signal = await iterator.next() else { return }
+                if case .ephemeral(let audience, let frame, let except) = signal, except != user,
+                   audiences.withLockedValue({ $0.contains(audience) }) {
+                    try await outbound.write(.custom(.init(fin: true, opcode: .text, data: frame)))
+                }
+            }
+        } catch {
+            logger.debug("feed send ended", metadata: ["error": .string("\(error)")])
+        }
+    }
+
+    // MARK: Client to server
+
+    struct ClientFrame: Decodable {
+        var type: String
+        var conversationId: String?
+        var chatId: String?
+    }
+
+    func receive(user: String, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter,
+                 audiences: NIOLockedValueBox<Audiences>, logger: Logger) async {
+        var budget = FrameBudget(perSecond: limits.framesPerSecond)
+        var lastTyping: [String: ContinuousClock.Instant] = [:]
+        do {
+            for try await message in inbound.messages(maxSize: limits.maxClientFrame) {
+                guard budget.take() else {
+                    try await outbound.close(.policyViolation, reason: "too many frames")
+                    return
+                }
+                guard case .text(let text) = message,
+                      let frame = try? JSON.decoder().decode(ClientFrame.self, from: Data(text.utf8))
+                else {
+                    try await outbound.writeTextMessage(#"{"type":"error","detail":"frames are JSON objects with a type"}"#)
+                    continue
+                }
+                switch frame.type {
+                case "ping":
+                    try await outbound.writeTextMessage(#"{"type":"pong"}"#)
+                case "typing":
+                    guard let (audience, target) = try await typingTarget(frame, audiences) else {
+                        try await outbound.writeTextMessage(#"{"type":"error","detail":"typing: no such conversation or chat"}"#)
+                        continue
+                    }
+                    // Throttled: one relay per place every two seconds is enough for an indicator.
+                    let now = ContinuousClock.now
+                    if let last = lastTyping[target], last.duration(to: now) < limits.typingInterval { continue }
+                    lastTyping[target] = now
+                    let field = frame.conversationId != nil ? "conversation_id" : "chat_id"
+                    await bus.publish(
+                        audience: audience, frame: #"{"type":"typing","\#(field)":"\#(target)","user_id":"\#(user)"}"#, except: user)
+                default:
+                    try await outbound.writeTextMessage(#"{"type":"error","detail":"unknown frame type"}"#)
+                }
+            }
+        } catch {
+            // An oversized frame ends the stream with an error: say why before closing.
+            try? await outbound.close(.messageTooLarge, reason: "frame too large")
+            logger.debug("feed receive ended", metadata: ["error": .string("\(error)")])
+        }
+    }
+
+    /// The audience a typing notice goes to, if the user may see the place.
+    func typingTarget(_ f: ClientFrame, _ audiences: NIOLockedValueBox<Audiences>) async throws -> (String, String)? {
+        if let cid = f.conversationId, cid.utf8.count <= 128 {
+            guard let c = try await threads.conversations(ids: [cid])[cid] else { return nil }
+            let audience = "group:\(c.groupId)"
+            return audiences.withLockedValue { $0.contains(audience) } ? (audience, cid) : nil
+        }
+        if let chat = f.chatId, chat.utf8.count <= 128 {
+            let audience = "chat:\(chat)"
+            return audiences.withLockedValue { $0.contains(audience) } ? (audience, chat) : nil
+        }
+        return nil
+    }
+}
+
+/// A token bucket for client frames: bursts are fine, floods are not.
+struct FrameBudget {
+    let perSecond: Double
+    var tokens: Double
+    var updated = ContinuousClock.now
+
+    init(perSecond: Double) {
+        self.perSecond = perSecond
+        self.tokens = perSecond * 2
+    }
+
+    mutating func take() -> Bool {
+        let now = ContinuousClock.now
+        let d = updated.duration(to: now)
+        tokens = min(perSecond * 2, tokens + (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18) * perSecond)
+        updated = now
+        guard tokens >= 1 else { return false }
+        tokens -= 1
+        return true
+    }
+}
+
+public struct RealtimeLimits: Sendable {
+    public var maxClientFrame = 4096
+    public var framesPerSecond = 20.0
+    public var typingInterval: Duration = .seconds(2)
+    public init() {}
+}

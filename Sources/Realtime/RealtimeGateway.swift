@@ -1,0 +1,154 @@
+import Chats
+import Foundation
+import Gateway
+import Groups
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import HummingbirdWebSocket
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOWebSocket
+import ServiceKit
+import Storage
+import Threads
+
+/// The WebSocket side of the gateway: `/v1/events` and `/v1/streams/Subscribe`.
+public struct RealtimeGateway: Sendable {
+    let gateway: Gateway
+    let bus: EventBus
+    let streams: StreamsService
+    let feed: FeedSocket
+
+    public init(gateway: Gateway, bus: EventBus, streams: StreamsService, groups: any GroupsClient, chats: any ChatsClient,
+                threads: any ThreadsClient, presence: Presence, limits: RealtimeLimits = .init()) {
+        self.gateway = gateway
+        self.bus = bus
+        self.streams = streams
+        self.feed = FeedSocket(bus: bus, groups: groups, chats: chats, threads: threads, presence: presence, limits: limits)
+    }
+
+    public typealias Handler = WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>
+
+    enum FeedRequest {
+        case accepted(user: String, since: Int64?)
+        case rejected(ServiceError)
+    }
+
+    /// Decides a `/v1/events` request: who (ticket, bearer or cookie) and from where (`since`).
+    func feedRequest(headers: HTTPFields, query: [String: String]) async -> FeedRequest {
+        var since: Int64?
+        if let s = query["since"] {
+            guard let v = Int64(s), v >= 0 else { return .rejected(.invalidField("since", "must be a cursor from an event or a page")) }
+            since = v
+        }
+        if let ticket = query["ticket"] {
+            guard case .some(.some(let user)) = try? await streams.redeem(ticket, topic: "") else {
+                return .rejected(.unauthorized("invalid or expired ticket"))
+            }
+            return .accepted(user: user, since: since)
+        }
+        guard let (caller, _) = try? await gateway.caller(headers: headers) else { return .rejected(.unauthorized()) }
+        switch caller {
+        case .user(let id, _, _): return .accepted(user: id, since: since)
+        case .serviceKey: return .rejected(.forbidden("the event feed is for user sessions"))
+        case .anonymous: return .rejected(.unauthorized())
+        }
+    }
+
+    /// The server's upgrade decision. A refused upgrade falls through to the HTTP routes below,
+    /// which answer with the reason in the one error shape.
+    @Sendable
+    public func shouldUpgrade(_ head: HTTPRequest, _ channel: any Channel, _ logger: Logger) async throws -> ShouldUpgradeResult<Handler> {
+        let uri = URI(head.path ?? "")
+        switch uri.path {
+        case "/v1/events":
+            let query = Dictionary(uri.queryParameters.map { (String($0.key), String($0.value)) }, uniquingKeysWith: { $1 })
+            guard case .accepted(let user, let since) = await feedRequest(headers: head.headerFields, query: query) else {
+                return .dontUpgrade
+            }
+            return .upgrade([:]) { inbound, outbound, context in
+                await feed.serve(user: user, since: since, inbound: inbound, outbound: outbound, logger: context.logger)
+            }
+        case "/v1/streams/Subscribe", "/v1/streams/subscribe":
+            return .upgrade([:]) { inbound, outbound, context in
+                await subscribe(inbound: inbound, outbound: outbound, logger: context.logger)
+            }
+        default:
+            return .dontUpgrade
+        }
+    }
+
+    /// HTTP answers for WebSocket paths reached without an upgrade.
+    public func addRoutes(to router: Router<GatewayContext>) {
+        router.get("/v1/events") { request, _ -> Response in
+            let query = Dictionary(request.uri.queryParameters.map { (String($0.key), String($0.value)) }, uniquingKeysWith: { $1 })
+            if case .rejected(let error) = await feedRequest(headers: request.headers, query: query) { throw error }
+            throw ServiceError(.upgradeRequired, "connect with a WebSocket")
+        }
+        router.get("/v1/streams/Subscribe") { _, _ -> Response in
+            throw ServiceError(.upgradeRequired, "connect with a WebSocket")
+        }
+    }
+
+    // MARK: M3O streams/Subscribe
+
+    struct SubscribeFrame: Decodable {
+        var topic: String
+        var token: String
+    }
+
+    func subscribe(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async {
+        var messages = inbound.messages(maxSize: 4096).makeAsyncIterator()
+        // The first frame names the topic and carries a token for it, within ten seconds.
+        let answered = NIOLockedValueBox(false)
+        let timer = Task {
+            try await Task.sleep(for: .seconds(10))
+            if !answered.withLockedValue({ $0 }) { try? await outbound.close(.policyViolation, reason: "no subscription frame") }
+        }
+        let first = try? await messages.next()
+        answered.withLockedValue { $0 = true }
+        timer.cancel()
+        guard case .text(let text)?? = first,
+              let frame = try? JSON.decoder().decode(SubscribeFrame.self, from: Data(text.utf8)),
+              (try? StreamsService.validTopic(frame.topic)) != nil
+        else {
+            try? await outbound.close(.policyViolation, reason: "first frame must be {\"topic\",\"token\"}")
+            return
+        }
+        guard case .some = try? await streams.redeem(frame.token, topic: frame.topic) else {
+            try? await outbound.close(.policyViolation, reason: "invalid or expired token for this topic")
+            return
+        }
+        let (id, signals) = bus.subscribe()
+        defer { bus.unsubscribe(id) }
+        var cursor = bus.head
+        do {
+            var iterator = signals.makeAsyncIterator()
+            while true {
+                drain: while true {
+                    switch try await bus.read(after: cursor, limit: 500, allowDatabase: false) {
+                    case .reload:
+                        cursor = bus.head
+                    case .behind:
+                        try await outbound.close(.unknown(FeedCloseCode.resume), reason: "too slow")
+                        return
+                    case .events(let events):
+                        if events.isEmpty { break drain }
+                        for e in events {
+                            if let s = e.stream, s.topic == frame.topic {
+                                try await outbound.write(.custom(.init(fin: true, opcode: .text, data: s.frame)))
+                            }
+                            cursor = e.seq
+                        }
+                    }
+                }
+                guard await iterator.next() != nil else { return }
+            }
+        } catch {
+            logger.debug("subscribe ended", metadata: ["error": .string("\(error)")])
+        }
+    }
+}
+
