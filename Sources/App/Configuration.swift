@@ -21,6 +21,8 @@ public struct AppConfiguration: Sendable {
     /// How long the event log keeps events: a client resuming from an older cursor reloads.
     public var eventRetention: Duration = .seconds(7 * 24 * 3600)
     public var realtime = RealtimeLimits()
+    /// How long a user stays online after their last connection closes.
+    public var presenceGrace: Duration = .seconds(5)
 
     public init() {}
 

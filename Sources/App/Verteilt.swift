@@ -19,6 +19,7 @@ import Users
 public struct Verteilt: Sendable {
     public let application: Application<RouterResponder<GatewayContext>>
     public let database: any Database
+    public let bus: EventBus
 
     /// Every service's migrations, in dependency order.
     public static let migrations: [Migration] = UsersService.migrations + CodesService.migrations
@@ -41,7 +42,7 @@ public struct Verteilt: Sendable {
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let invites = InvitesService(db: db, groups: groups, users: directory)
         let bus = EventBus(db: db, retention: config.eventRetention, logger: logger)
-        let presence = Presence(db: db, bus: bus, groups: groups, logger: logger)
+        let presence = Presence(db: db, bus: bus, groups: groups, grace: config.presenceGrace, logger: logger)
         let streams = StreamsService(db: db, groups: groups, chats: chats, presence: presence)
         let registry = ServiceRegistry([users, CodesService(db: db), groups, invites, threads, chats, seen, streams])
         let pages = GroupPageBuilder(db: db, users: directory, groups: groups, threads: threads, chats: chats, seen: seen)
@@ -84,6 +85,6 @@ public struct Verteilt: Sendable {
             if !applied.isEmpty { log.info("migrated", metadata: ["applied": .string(applied.joined(separator: ", "))]) }
             try await bus.prepare()
         }
-        return Verteilt(application: app, database: db)
+        return Verteilt(application: app, database: db, bus: bus)
     }
 }

@@ -92,7 +92,7 @@ public final class EventBus: Service, Sendable {
                 // Events older than the retention period go; clients holding older cursors reload.
                 while !Task.isCancelled {
                     let seconds = Double(self.retention.components.seconds)
-                    _ = try? await EventLog.prune(self.db, before: Timestamp.now().adding(seconds: -seconds))
+                    try? await self.prune(before: Timestamp.now().adding(seconds: -seconds))
                     try? await Task.sleep(for: .seconds(3600))
                 }
             }
@@ -111,6 +111,16 @@ public final class EventBus: Service, Sendable {
     }
 
     func wake() { wakeContinuation.yield() }
+
+    /// Drops events older than `before` from the log and from the ring alike, so a cursor from
+    /// before them is told to reload wherever it is read.
+    public func prune(before: Timestamp) async throws {
+        try await EventLog.prune(db, before: before)
+        let oldest = try await EventLog.oldest(db) ?? 0
+        state.withLockedValue { s in
+            while let first = s.ring.first, first.seq < oldest { s.ring.removeFirst() }
+        }
+    }
 
     /// Moves the ring up to the log's head, then wakes every connection.
     func catchUp() async throws {

@@ -7,6 +7,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOWebSocket
 import ServiceKit
+import ServiceLifecycle
 import Storage
 import Threads
 
@@ -46,16 +47,20 @@ struct FeedSocket: Sendable {
             return
         }
         let audiences = NIOLockedValueBox(Audiences(user: user, groups: roles, chats: chatIDs))
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await self.send(user: user, since: since, signals: signals, audiences: audiences, outbound: outbound, logger: logger)
+        // A server shutting down closes its sockets rather than waiting for clients to leave.
+        try? await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await self.send(user: user, since: since, signals: signals, audiences: audiences, outbound: outbound, logger: logger)
+                }
+                group.addTask {
+                    await self.receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
+                }
+                await group.next()
+                group.cancelAll()
             }
-            group.addTask {
-                await self.receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
-            }
-            await group.next()
-            group.cancelAll()
         }
+        if Task.isShuttingDownGracefully { try? await outbound.close(.goingAway, reason: "server shutting down") }
     }
 
     // MARK: Server to client
@@ -126,6 +131,16 @@ struct FeedSocket: Sendable {
             for try await message in inbound.messages(maxSize: limits.maxClientFrame) {
                 guard budget.take() else {
                     try await outbound.close(.policyViolation, reason: "too many frames")
+                    return
+                }
+                // One-frame messages are only held to the socket's frame limit: hold them to ours.
+                let size: Int
+                switch message {
+                case .text(let t): size = t.utf8.count
+                case .binary(let b): size = b.readableBytes
+                }
+                guard size <= limits.maxClientFrame else {
+                    try await outbound.close(.messageTooLarge, reason: "frame too large")
                     return
                 }
                 guard case .text(let text) = message,

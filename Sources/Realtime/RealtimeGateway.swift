@@ -11,6 +11,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOWebSocket
 import ServiceKit
+import ServiceLifecycle
 import Storage
 import Threads
 
@@ -73,7 +74,10 @@ public struct RealtimeGateway: Sendable {
             }
         case "/v1/streams/Subscribe", "/v1/streams/subscribe":
             return .upgrade([:]) { inbound, outbound, context in
-                await subscribe(inbound: inbound, outbound: outbound, logger: context.logger)
+                try? await cancelWhenGracefulShutdown {
+                    await subscribe(inbound: inbound, outbound: outbound, logger: context.logger)
+                }
+                if Task.isShuttingDownGracefully { try? await outbound.close(.goingAway, reason: "server shutting down") }
             }
         default:
             return .dontUpgrade

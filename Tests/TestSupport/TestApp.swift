@@ -48,6 +48,9 @@ public struct APIClient: Sendable {
 
     public var database: any Database { app.database }
 
+    /// The loopback port the server listens on.
+    public var port: Int { client.port ?? 0 }
+
     /// `POST /v1/{path}` with a raw body.
     public func post(
         _ path: String, raw: String, token: String? = nil, headers: HTTPFields = [:]

@@ -1,0 +1,218 @@
+import Foundation
+import HTTPTypes
+import ServiceKit
+import Storage
+import Testing
+import TestSupport
+
+@Suite("realtime: the /v1/events feed")
+struct FeedTests {
+    @Test(arguments: Backend.all)
+    func membersGetTheirGroupsEventsLive(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let member = try await api.feed(f.member)
+            let ready = try await member.next()
+            #expect(ready["type"] as? String == "ready")
+            let stranger = try await api.feed(f.stranger)
+            _ = try await stranger.next()
+
+            let sent = try await api.say("live!", in: f.conversationID, as: f.owner, id: "live-1")
+            let frame = try await member.next()
+            #expect(frame["type"] as? String == "event")
+            #expect(frame["event"] as? String == "message.created")
+            let data = try #require(frame["data"] as? [String: Any])
+            #expect(data["id"] as? String == "live-1" && data["text"] as? String == sent["text"] as? String)
+            #expect((frame["cursor"] as? Int ?? 0) > (ready["cursor"] as? Int ?? 0))
+
+            // The stranger heard nothing of it: the next thing they get is their own event.
+            _ = try await api.post("users/Update", ["first_name": "Renamed"], token: f.stranger.token)
+            let own = try await stranger.next()
+            #expect(own["event"] as? String == "user.updated")
+            await member.close()
+            await stranger.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func resumeReplaysExactlyWhatWasMissed(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let first = try await api.feed(f.member)
+            _ = try await first.next()
+            try await api.say("one", in: f.conversationID, as: f.owner, id: "r1")
+            let seen = try await first.next()
+            let cursor = try #require(seen["cursor"] as? Int)
+            await first.close()
+
+            for i in 2...6 { try await api.say("n\(i)", in: f.conversationID, as: f.owner, id: "r\(i)") }
+            let again = try await api.feed(f.member, since: Int64(cursor))
+            let ready = try await again.next()
+            #expect(ready["type"] as? String == "ready" && ready["cursor"] as? Int == cursor)
+            var ids: [String] = []
+            var cursors: [Int] = []
+            for _ in 2...6 {
+                let e = try await again.next()
+                ids.append((e["data"] as? [String: Any])?["id"] as? String ?? "?")
+                cursors.append(e["cursor"] as? Int ?? 0)
+            }
+            #expect(ids == ["r2", "r3", "r4", "r5", "r6"])
+            #expect(cursors == cursors.sorted() && Set(cursors).count == 5)
+            // Then live, with no duplicate of the replay.
+            try await api.say("seven", in: f.conversationID, as: f.owner, id: "r7")
+            let live = try await again.next()
+            #expect((live["data"] as? [String: Any])?["id"] as? String == "r7")
+            await again.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func aCursorOlderThanTheLogMeansReload(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            for i in 0..<3 { try await api.say("old \(i)", in: f.conversationID, as: f.owner) }
+            try await api.app.bus.prune(before: Timestamp.now().adding(seconds: 60))
+            let c = try await api.feed(f.member, since: 1)
+            _ = try await c.next()
+            let reload = try await c.next()
+            #expect(reload["type"] as? String == "reload")
+            #expect(reload["cursor"] is Int)
+            await c.close()
+            // A cursor from the future is no better.
+            let future = try await api.feed(f.member, since: 1_000_000)
+            _ = try await future.next()
+            #expect(try await future.next()["type"] as? String == "reload")
+            await future.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func membershipChangesTakeEffectAtOnce(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let newcomer = try await api.signUp("New")
+            let feed = try await api.feed(newcomer)
+            _ = try await feed.next()
+            // Joining: the join itself and everything after it arrive on the open connection.
+            try await api.add(newcomer, to: f.groupID, by: f.owner)
+            let joined = try await feed.next()
+            #expect(joined["event"] as? String == "member.joined")
+            try await api.say("welcome", in: f.conversationID, as: f.owner, id: "w1")
+            let welcome = try await feed.next(where: { $0["event"] as? String == "message.created" })
+            #expect((welcome["data"] as? [String: Any])?["id"] as? String == "w1")
+
+            // Removal: the removed member hears of it, then nothing more of the group.
+            _ = try await api.post("groups/RemoveMember", ["group_id": f.groupID, "member_id": newcomer.id], token: f.owner.token)
+            let left = try await feed.next()
+            #expect(left["event"] as? String == "member.left")
+            try await api.say("secret", in: f.conversationID, as: f.owner, id: "s1")
+            _ = try await api.post("users/Update", ["first_name": "Marker"], token: newcomer.token)
+            let next = try await feed.next()
+            #expect(next["event"] as? String == "user.updated")
+            await feed.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func typingIsRelayedToOthersOnly(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let owner = try await api.feed(f.owner)
+            let member = try await api.feed(f.member)
+            let stranger = try await api.feed(f.stranger)
+            for c in [owner, member, stranger] { _ = try await c.next() }
+            try await member.send(#"{"type":"typing","conversation_id":"\#(f.conversationID)"}"#)
+            let typing = try await owner.next(where: { $0["type"] as? String == "typing" })
+            #expect(typing["user_id"] as? String == f.member.id)
+            #expect(typing["conversation_id"] as? String == f.conversationID)
+            // Throttled: a second notice right away is not relayed; nor is it ever echoed.
+            try await member.send(#"{"type":"typing","conversation_id":"\#(f.conversationID)"}"#)
+            try await member.send(#"{"type":"ping"}"#)
+            #expect(try await member.next(where: { $0["type"] as? String != "presence" })["type"] as? String == "pong")
+            // A stranger may not type into the group.
+            try await stranger.send(#"{"type":"typing","conversation_id":"\#(f.conversationID)"}"#)
+            let refused = try await stranger.next(where: { $0["type"] as? String == "error" })
+            #expect((refused["detail"] as? String)?.hasPrefix("typing") == true)
+            // The owner got exactly one typing notice before this marker.
+            _ = try await api.post("users/Update", ["first_name": "Marker"], token: f.owner.token)
+            let after = try await owner.next(where: { $0["type"] as? String != "presence" })
+            #expect(after["event"] as? String == "user.updated")
+            for c in [owner, member, stranger] { await c.close() }
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func presenceFollowsConnections(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: { $0.presenceGrace = .milliseconds(200) }) { api in
+            let f = try await api.fixture()
+            let owner = try await api.feed(f.owner)
+            _ = try await owner.next()
+            let member = try await api.feed(f.member)
+            _ = try await member.next()
+            let online = try await owner.next(where: { $0["type"] as? String == "presence" && $0["user_id"] as? String == f.member.id })
+            #expect(online["online"] as? Bool == true)
+            let p = try await api.post("streams/Presence", ["user_ids": [f.member.id, f.stranger.id]], token: f.owner.token)
+            let users = try #require(p["users"] as? [String: [String: Any]])
+            #expect(users[f.member.id]?["online"] as? Bool == true)
+            #expect(users[f.stranger.id] == nil)  // not a co-member: not shown
+            await member.close()
+            let offline = try await owner.next(where: { $0["type"] as? String == "presence" && $0["user_id"] as? String == f.member.id })
+            #expect(offline["online"] as? Bool == false)
+            let after = try await api.post("streams/Presence", ["user_ids": [f.member.id]], token: f.owner.token)
+            #expect(((after["users"] as? [String: [String: Any]])?[f.member.id])?["online"] as? Bool == false)
+            await owner.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func badFramesGetErrorsOrAClose(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let c = try await api.feed(f.member)
+            _ = try await c.next()
+            for bad in ["not json", "[1,2]", #"{"type":"launch"}"#] {
+                try await c.send(bad)
+                let e = try await c.next(where: { $0["type"] as? String != "presence" })
+                #expect(e["type"] as? String == "error", "\(bad)")
+            }
+            try await c.sendBinary([1, 2, 3])
+            #expect(try await c.next(where: { $0["type"] as? String != "presence" })["type"] as? String == "error")
+            // Too large a frame closes the connection with 1009.
+            try await c.send(String(repeating: "x", count: 10_000))
+            #expect(try await c.closeCode() == 1009)
+
+            // A flood closes with 1008.
+            let flood = try await api.feed(f.member)
+            _ = try await flood.next()
+            for _ in 0..<200 { try? await flood.send(#"{"type":"ping"}"#) }
+            #expect(try await flood.closeCode() == 1008)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func authenticationByTicketCookieOrBearer(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            // Without a session the HTTP answer explains, in the one error shape.
+            let anon = try await api.request("/v1/events", method: .get)
+            #expect(anon.status == .unauthorized && anon.isErrorShape)
+            let noUpgrade = try await api.request("/v1/events", method: .get, token: f.member.token)
+            #expect(noUpgrade.status == .upgradeRequired && noUpgrade.isErrorShape)
+            let badSince = try await api.request("/v1/events?since=abc", method: .get, token: f.member.token)
+            #expect(badSince.status == .badRequest && badSince.detail.hasPrefix("since:"))
+            await #expect(throws: (any Error).self) { _ = try await WSClient(port: api.port, path: "/v1/events") }
+
+            // A ticket works once.
+            let t = try await api.post("streams/Token", token: f.member.token)
+            let ticket = try #require(t["token"] as? String)
+            let byTicket = try await WSClient(port: api.port, path: "/v1/events?ticket=\(ticket)")
+            #expect(try await byTicket.next()["type"] as? String == "ready")
+            await byTicket.close()
+            await #expect(throws: (any Error).self) { _ = try await WSClient(port: api.port, path: "/v1/events?ticket=\(ticket)") }
+
+            let byCookie = try await WSClient(port: api.port, path: "/v1/events", headers: [.cookie: "verteilt_session=\(f.member.token)"])
+            #expect(try await byCookie.next()["type"] as? String == "ready")
+            await byCookie.close()
+        }
+    }
+}
