@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("realtime: M3O streams")
+struct StreamsTests {
+    /// Subscribes with the M3O protocol: the first frame names the topic and carries a token.
+    func subscribe(_ api: APIClient, topic: String, token: String) async throws -> WSClient {
+        let c = try await WSClient(port: api.port, path: "/v1/streams/Subscribe")
+        try await c.send(#"{"topic":"\#(topic)","token":"\#(token)"}"#)
+        return c
+    }
+
+    @Test(arguments: Backend.all)
+    func publishReachesSubscribersOfTheTopic(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let topic = "\(f.groupID)/board"
+            let t = try await api.post("streams/Token", ["topic": topic], token: f.member.token)
+            #expect(t.status == .ok)
+            let token = try #require(t["token"] as? String)
+            let sub = try await subscribe(api, topic: topic, token: token)
+            // Let the subscription settle, then publish on this topic and another.
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try await api.post("streams/Publish", ["topic": f.groupID, "message": "elsewhere"], token: f.owner.token).status == .ok)
+            #expect(try await api.post("streams/Publish", ["topic": topic, "message": "hello 👋"], token: f.owner.token).status == .ok)
+            let frame = try await sub.nextAny()
+            #expect(frame["topic"] as? String == topic)
+            #expect(frame["message"] as? String == "hello 👋")
+            #expect((frame["sent_at"] as? String)?.hasSuffix("Z") == true)
+            #expect(frame.count == 3)
+            await sub.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func topicsAreEntitled(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            // Own id, own groups and their sub-topics: yes. Someone else's: no.
+            for topic in [f.member.id, f.groupID, "\(f.groupID)/x/y", "\(f.member.id)/inbox"] {
+                #expect(try await api.post("streams/Token", ["topic": topic], token: f.member.token).status == .ok, "\(topic)")
+            }
+            for topic in [f.owner.id, "some-topic", "\(f.owner.id)/inbox"] {
+                let r = try await api.post("streams/Token", ["topic": topic], token: f.member.token)
+                #expect(r.status == .forbidden, "\(topic)")
+                #expect(r.isErrorShape)
+            }
+            #expect(try await api.post("streams/Publish", ["topic": f.groupID, "message": "x"], token: f.stranger.token).status == .forbidden)
+            #expect(try await api.post("streams/Token", ["topic": "has space"], token: f.member.token).status == .badRequest)
+            #expect(try await api.post("streams/Publish", ["topic": f.groupID, "message": "x"]).status == .unauthorized)
+            // A service key may use any topic.
+            let key = try await api.serviceKey()
+            #expect(try await api.post("streams/Publish", ["topic": "any/topic", "message": "x"], token: key).status == .ok)
+            #expect(try await api.post("streams/Token", ["topic": "any/topic"], token: key).status == .ok)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func tokensAreForOneTopicAndOneUse(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let token = try #require(try await api.post("streams/Token", ["topic": f.groupID], token: f.member.token)["token"] as? String)
+            // Wrong topic: refused, and the token is spent.
+            let wrong = try await subscribe(api, topic: f.member.id, token: token)
+            #expect(try await wrong.closeCode() == 1008)
+            let reused = try await subscribe(api, topic: f.groupID, token: token)
+            #expect(try await reused.closeCode() == 1008)
+            let forged = try await subscribe(api, topic: f.groupID, token: "forged")
+            #expect(try await forged.closeCode() == 1008)
+            let garbage = try await WSClient(port: api.port, path: "/v1/streams/Subscribe")
+            try await garbage.send("hello")
+            #expect(try await garbage.closeCode() == 1008)
+        }
+    }
+}
