@@ -1,0 +1,107 @@
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real `verteilt serve` process on a loopback port, for tests that kill servers or run several.
+final class ServerProcess: @unchecked Sendable {
+    let port: Int
+    let database: String
+    private var process: Process?
+
+    /// The binary `scripts/test` built (`VERTEILT_BIN`), or the debug build's.
+    static var binary: String {
+        ProcessInfo.processInfo.environment["VERTEILT_BIN"] ?? FileManager.default.currentDirectoryPath + "/.build/debug/verteilt"
+    }
+
+    init(database: String, port: Int? = nil) {
+        self.database = database
+        self.port = port ?? Self.freePort()
+    }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// Starts the server and waits until it answers `/healthz`.
+    func start() async throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        p.arguments = ["serve", "--port", String(port), "--database", database, "--bcrypt-cost", "4", "--log-level", "warning"]
+        var env = ProcessInfo.processInfo.environment
+        env["DATABASE_URL"] = nil
+        p.environment = env
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        process = p
+        for _ in 0..<200 {
+            if (try? await request(.get, "/healthz")) != nil { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw ServerProcessError(description: "server on port \(port) did not start")
+    }
+
+    /// kill -9: no shutdown, no flush, no goodbye.
+    func kill9() {
+        guard let p = process else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    func stop() {
+        guard let p = process else { return }
+        p.terminate()
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// One request on a fresh connection (a killed server breaks kept-alive ones).
+    func request(_ method: HTTPRequest.Method, _ path: String, json: [String: Any]? = nil, token: String? = nil) async throws -> [String: Any] {
+        let client = TestClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(10)))
+        client.connect()
+        defer { Task { try? await client.shutdown() } }
+        var headers: HTTPFields = [:]
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        let body = try json.map { ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: $0)) }
+        let r = try await client.execute(.init(path, method: method, headers: headers, body: body))
+        let data = r.body.map { Data(buffer: $0) } ?? Data()
+        guard r.status == .ok else { throw ServerProcessError(description: "\(path): \(r.status) \(String(decoding: data, as: UTF8.self))") }
+        return (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
+    }
+
+    func post(_ method: String, _ json: [String: Any], token: String? = nil) async throws -> [String: Any] {
+        try await request(.post, "/v1/" + method, json: json, token: token)
+    }
+
+    deinit { if let p = process { kill(p.processIdentifier, SIGKILL) } }
+}
+
+struct ServerProcessError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// A user with a token on a server process.
+struct ProcessUser {
+    let id: String
+    let token: String
+
+    static func signUp(_ server: ServerProcess, _ name: String) async throws -> ProcessUser {
+        let r = try await server.post("users/Create", [
+            "first_name": name, "email": "\(name.lowercased())-\(UUID().uuidString.prefix(8))@example.com", "password": "password123",
+        ])
+        return ProcessUser(id: (r["user"] as! [String: Any])["id"] as! String, token: r["token"] as! String)
+    }
+}
