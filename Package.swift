@@ -121,6 +121,17 @@ let package = Package(
             path: "Benchmarks/GroupPage",
             swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "fanout-bench",
+            dependencies: [
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Benchmarks/Fanout",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "TestSupport",
             dependencies: [
