@@ -1,0 +1,52 @@
+import Foundation
+import NIOCore
+import ServiceKit
+import Storage
+import Testing
+import TestSupport
+@testable import Realtime
+
+@Suite("realtime: the event bus's bounded window")
+struct EventBusTests {
+    struct Note: Codable, Sendable { var n: Int }
+
+    /// A live reader further behind than the ring is told so (the socket then closes with 4000,
+    /// "resume from your cursor"); a replaying reader reads the log instead; memory stays bounded.
+    @Test(arguments: Backend.all)
+    func slowReadersFallOutOfTheWindow(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend) { db in
+            let bus = EventBus(db: db, capacity: 5, logger: TestDatabase.logger)
+            try await bus.prepare()
+            for i in 0..<20 {
+                try await db.write { tx in try await EventLog.append(tx, type: "note", audience: "user:u", payload: Note(n: i)) }
+            }
+            try await bus.catchUp()
+            let head = bus.head
+            #expect(head >= 20)
+
+            guard case .behind = try await bus.read(after: head - 10, limit: 100, allowDatabase: false) else {
+                Issue.record("a live reader 10 behind a 5-event window must be told it is behind")
+                return
+            }
+            guard case .events(let replay) = try await bus.read(after: head - 10, limit: 100, allowDatabase: true) else {
+                Issue.record("a replaying reader reads the log")
+                return
+            }
+            #expect(replay.map(\.seq) == Array((head - 9)...head))
+            guard case .events(let recent) = try await bus.read(after: head - 2, limit: 100, allowDatabase: false) else {
+                Issue.record("a reader within the window reads the ring")
+                return
+            }
+            #expect(recent.map(\.seq) == [head - 1, head])
+            guard case .events(let none) = try await bus.read(after: head, limit: 100, allowDatabase: false) else {
+                Issue.record("a reader at the head gets nothing")
+                return
+            }
+            #expect(none.isEmpty)
+            // The frame is encoded once, with the cursor and the payload as stored.
+            let frame = String(buffer: recent[1].frame)
+            #expect(frame == #"{"type":"event","cursor":\#(head),"event":"note","data":{"n":19}}"#)
+        }
+    }
+}
+
