@@ -22,6 +22,9 @@ enum BusSignal: Sendable {
 public final class EventBus: Service, Sendable {
     struct State {
         var ring: Deque<FeedEvent> = []
+        /// The ring holds every event after this sequence number. Not `ring.first.seq - 1`:
+        /// a rolled-back transaction leaves a gap in a PostgreSQL sequence.
+        var ringBase: Int64 = 0
         var head: Int64 = 0
         var prepared = false
         var listeners: [UUID: AsyncStream<BusSignal>.Continuation] = [:]
@@ -63,6 +66,7 @@ public final class EventBus: Service, Sendable {
         let head = try await EventLog.head(db)
         state.withLockedValue {
             $0.head = head
+            $0.ringBase = head
             $0.prepared = true
         }
     }
@@ -118,7 +122,8 @@ public final class EventBus: Service, Sendable {
         try await EventLog.prune(db, before: before)
         let oldest = try await EventLog.oldest(db) ?? 0
         state.withLockedValue { s in
-            while let first = s.ring.first, first.seq < oldest { s.ring.removeFirst() }
+            while let first = s.ring.first, first.seq < oldest { s.ringBase = s.ring.removeFirst().seq }
+            s.ringBase = max(s.ringBase, oldest - 1)
         }
     }
 
@@ -134,7 +139,7 @@ public final class EventBus: Service, Sendable {
                     s.ring.append(e)
                     s.head = e.seq
                 }
-                while s.ring.count > capacity { s.ring.removeFirst() }
+                while s.ring.count > capacity { s.ringBase = s.ring.removeFirst().seq }
                 return Array(s.listeners.values)
             }
             for l in listeners { l.yield(.wake) }
@@ -150,7 +155,7 @@ public final class EventBus: Service, Sendable {
         let local = state.withLockedValue { s -> Local in
             if cursor > s.head { return .future }
             if cursor == s.head { return .events([]) }
-            guard let first = s.ring.first, cursor >= first.seq - 1 else { return .older }
+            guard cursor >= s.ringBase else { return .older }
             // First index with seq > cursor.
             var lo = 0, hi = s.ring.count
             while lo < hi {

@@ -43,6 +43,23 @@ struct EventBusTests {
                 return
             }
             #expect(none.isEmpty)
+            // A rolled-back append leaves a gap in a PostgreSQL sequence; a reader at the head must
+            // not mistake the gap for falling behind.
+            // (A bus started now has an empty ring, where the gap would sit right at its start.)
+            let fresh = EventBus(db: db, capacity: 5, logger: TestDatabase.logger)
+            try await fresh.prepare()
+            struct Boom: Error {}
+            try? await db.write { tx in
+                try await EventLog.append(tx, type: "note", audience: "user:u", payload: Note(n: -1))
+                throw Boom()
+            }
+            try await db.write { tx in try await EventLog.append(tx, type: "note", audience: "user:u", payload: Note(n: 20)) }
+            try await fresh.catchUp()
+            guard case .events(let afterGap) = try await fresh.read(after: head, limit: 100, allowDatabase: false) else {
+                Issue.record("a gap in the sequence is not falling behind")
+                return
+            }
+            #expect(afterGap.count == 1)
             // The frame is encoded once, with the cursor and the payload as stored.
             let frame = String(buffer: recent[1].frame)
             #expect(frame == #"{"type":"event","cursor":\#(head),"event":"note","data":{"n":19}}"#)
