@@ -35,6 +35,18 @@ struct SignUpAndLoginTests {
     }
 
     @Test(arguments: Backend.all)
+    func cookieIsSecureBehindATLSProxy(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let acct = try await api.signUp()
+            let r = try await api.post(
+                "users/Login", ["email": acct.email, "password": acct.password],
+                headers: [HTTPField.Name("X-Forwarded-Proto")!: "https"])
+            let cookie = try #require(r.headers[.setCookie])
+            #expect(cookie.contains("Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"))
+        }
+    }
+
+    @Test(arguments: Backend.all)
     func emailIsUniqueCaseInsensitively(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in
             _ = try await api.signUp(email: "dup@example.com")
