@@ -153,31 +153,25 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
     }
 
     func updateMessage(_ req: UpdateMessageRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        let (m, chat) = try await readableMessage(req.id, ctx.caller)
-        guard let author = ctx.caller.userID else { throw ServiceError.forbidden("only the author may edit a message") }
-        return MessageResponse(message: try await board.edit(m.id, by: author, text: req.text, audience: "chat:\(chat.id)"))
+        try await board.update(req, ctx.caller, access)
     }
 
     func deleteMessage(_ req: MessageIDRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        let (m, chat) = try await readableMessage(req.id, ctx.caller)
-        guard m.authorId == ctx.caller.userID || ctx.caller.isServiceKey else {
-            throw ServiceError.forbidden("only the author may delete a message")
-        }
-        return MessageResponse(message: try await board.delete(m.id, audience: "chat:\(chat.id)"))
+        try await board.delete(req, ctx.caller, denied: "only the author may delete a message", access)
     }
 
     func addReaction(_ req: ReactionRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        try await react(req, ctx, add: true)
+        try await board.react(req, ctx.caller, add: true, access)
     }
 
     func removeReaction(_ req: ReactionRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        try await react(req, ctx, add: false)
+        try await board.react(req, ctx.caller, add: false, access)
     }
 
-    func react(_ req: ReactionRequest, _ ctx: CallContext, add: Bool) async throws -> MessageResponse {
-        guard let user = ctx.caller.userID else { throw ServiceError.forbidden("reactions belong to users") }
-        let (m, chat) = try await readableMessage(req.messageId, ctx.caller, field: "message_id")
-        return MessageResponse(message: try await board.react(m.id, user: user, emoji: req.emoji, add: add, audience: "chat:\(chat.id)"))
+    /// Participants read a chat; nobody moderates it but a trusted backend.
+    @Sendable func access(_ container: String, _ caller: Caller) async throws -> MessageBoard.ContainerAccess {
+        let chat = try await readable(container, caller)
+        return .init(audience: "chat:\(chat.id)", mayModerate: caller.isServiceKey)
     }
 
     func search(_ req: SearchRequest, _ ctx: CallContext) async throws -> MessagesResponse {
@@ -197,16 +191,6 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
 
     func participantChat(_ id: String, user: String) async throws -> Chat {
         try await readable(id, .user(id: user, sessionID: "", isAdmin: false))
-    }
-
-    func readableMessage(_ id: String, _ caller: Caller, field: String = "id") async throws -> (Message, Chat) {
-        let id = try Validate.id(id, field: field)
-        guard let (m, container) = try await board.message(id) else { throw ServiceError.notFound("message not found") }
-        do {
-            return (m, try await readable(container, caller))
-        } catch let e as ServiceError where e.status == .notFound {
-            throw ServiceError.notFound("message not found")
-        }
     }
 
     // MARK: ChatsClient

@@ -109,7 +109,7 @@ public struct MessageBoard: Sendable {
     var kindName: String { kind == .conversation ? "conversation" : "chat" }
 
     /// Changes the text of a message; only its author may.
-    public func edit(_ id: String, by author: String, text: String, audience: String) async throws -> Message {
+    func edit(_ id: String, by author: String, text: String, audience: String) async throws -> Message {
         let text = try Validate.text(text, field: "text", maxLength: maxTextLength)
         return try await db.write { tx in
             guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
@@ -123,7 +123,7 @@ public struct MessageBoard: Sendable {
     }
 
     /// Replaces a message with a tombstone: it keeps its place, loses its text and reactions.
-    public func delete(_ id: String, audience: String) async throws -> Message {
+    func delete(_ id: String, audience: String) async throws -> Message {
         try await db.write { tx in
             guard try await fetch(id, in: tx) != nil else { throw ServiceError.notFound("message not found") }
             try await tx.query("UPDATE \(messages) SET text = '', deleted = 1, edited_at = $2 WHERE id = $1", id, Timestamp.now())
@@ -134,7 +134,7 @@ public struct MessageBoard: Sendable {
         }
     }
 
-    public func react(_ id: String, user: String, emoji: String, add: Bool, audience: String) async throws -> Message {
+    func react(_ id: String, user: String, emoji: String, add: Bool, audience: String) async throws -> Message {
         let emoji = try Self.validEmoji(emoji)
         return try await db.write { tx in
             guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
@@ -182,6 +182,57 @@ public struct MessageBoard: Sendable {
         try await tx.query(
             "DELETE FROM \(reactions) WHERE message_id IN (SELECT id FROM \(messages) WHERE container_id = $1)", container)
         try await tx.query("DELETE FROM \(messages) WHERE container_id = $1", container)
+    }
+
+    // MARK: Message endpoints
+
+    /// What the owning service decides about a caller and one of its containers.
+    public struct ContainerAccess: Sendable {
+        /// Who hears of changes (`group:<id>`, `chat:<id>`).
+        public var audience: String
+        /// May delete other people's messages.
+        public var mayModerate: Bool
+
+        public init(audience: String, mayModerate: Bool) {
+            self.audience = audience
+            self.mayModerate = mayModerate
+        }
+    }
+
+    /// Decides access to a container; throws 404 for a caller who may not read it.
+    public typealias Resolve = @Sendable (_ container: String, _ caller: Caller) async throws -> ContainerAccess
+
+    /// The message and the caller's access to it; 404 alike for an unknown message and for one the
+    /// caller may not read.
+    func access(_ id: String, field: String, _ caller: Caller, _ resolve: Resolve) async throws -> (Message, ContainerAccess) {
+        let id = try Validate.id(id, field: field)
+        guard let (m, container) = try await message(id) else { throw ServiceError.notFound("message not found") }
+        do {
+            return (m, try await resolve(container, caller))
+        } catch let e as ServiceError where e.status == .notFound {
+            throw ServiceError.notFound("message not found")
+        }
+    }
+
+    /// `UpdateMessage`: its author changes the text.
+    public func update(_ req: UpdateMessageRequest, _ caller: Caller, _ resolve: Resolve) async throws -> MessageResponse {
+        let (m, a) = try await access(req.id, field: "id", caller, resolve)
+        guard let author = caller.userID else { throw ServiceError.forbidden("only the author may edit a message") }
+        return MessageResponse(message: try await edit(m.id, by: author, text: req.text, audience: a.audience))
+    }
+
+    /// `DeleteMessage`: its author, or a moderator, leaves a tombstone.
+    public func delete(_ req: MessageIDRequest, _ caller: Caller, denied: String, _ resolve: Resolve) async throws -> MessageResponse {
+        let (m, a) = try await access(req.id, field: "id", caller, resolve)
+        guard m.authorId == caller.userID || a.mayModerate else { throw ServiceError.forbidden(denied) }
+        return MessageResponse(message: try await delete(m.id, audience: a.audience))
+    }
+
+    /// `AddReaction` / `RemoveReaction`: reactions belong to users.
+    public func react(_ req: ReactionRequest, _ caller: Caller, add: Bool, _ resolve: Resolve) async throws -> MessageResponse {
+        guard let user = caller.userID else { throw ServiceError.forbidden("reactions belong to users") }
+        let (m, a) = try await access(req.messageId, field: "message_id", caller, resolve)
+        return MessageResponse(message: try await react(m.id, user: user, emoji: req.emoji, add: add, audience: a.audience))
     }
 
     // MARK: Reading

@@ -234,31 +234,25 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
     }
 
     func updateMessage(_ req: UpdateMessageRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        let (m, c, _) = try await readableMessage(req.id, ctx.caller)
-        guard let author = ctx.caller.userID else { throw ServiceError.forbidden("only the author may edit a message") }
-        return MessageResponse(message: try await board.edit(m.id, by: author, text: req.text, audience: "group:\(c.groupId)"))
+        try await board.update(req, ctx.caller, access)
     }
 
     func deleteMessage(_ req: MessageIDRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        let (m, c, role) = try await readableMessage(req.id, ctx.caller)
-        guard m.authorId == ctx.caller.userID || role >= .admin else {
-            throw ServiceError.forbidden("only the author or group admins may delete a message")
-        }
-        return MessageResponse(message: try await board.delete(m.id, audience: "group:\(c.groupId)"))
+        try await board.delete(req, ctx.caller, denied: "only the author or group admins may delete a message", access)
     }
 
     func addReaction(_ req: ReactionRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        try await react(req, ctx, add: true)
+        try await board.react(req, ctx.caller, add: true, access)
     }
 
     func removeReaction(_ req: ReactionRequest, _ ctx: CallContext) async throws -> MessageResponse {
-        try await react(req, ctx, add: false)
+        try await board.react(req, ctx.caller, add: false, access)
     }
 
-    func react(_ req: ReactionRequest, _ ctx: CallContext, add: Bool) async throws -> MessageResponse {
-        guard let user = ctx.caller.userID else { throw ServiceError.forbidden("reactions belong to users") }
-        let (m, c, _) = try await readableMessage(req.messageId, ctx.caller, field: "message_id")
-        return MessageResponse(message: try await board.react(m.id, user: user, emoji: req.emoji, add: add, audience: "group:\(c.groupId)"))
+    /// Members read a conversation's messages; admins moderate them.
+    @Sendable func access(_ container: String, _ caller: Caller) async throws -> MessageBoard.ContainerAccess {
+        let (c, role) = try await readable(container, caller)
+        return .init(audience: "group:\(c.groupId)", mayModerate: role >= .admin)
     }
 
     func search(_ req: ThreadSearchRequest, _ ctx: CallContext) async throws -> MessagesResponse {
@@ -274,17 +268,6 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         var containers: [String] = []
         for g in groupIDs { containers += try await conversations(inGroup: g).map(\.id) }
         return MessagesResponse(messages: try await board.search(containers: containers, query: req.query, limit: req.limit))
-    }
-
-    func readableMessage(_ id: String, _ caller: Caller, field: String = "id") async throws -> (Message, Conversation, Role) {
-        let id = try Validate.id(id, field: field)
-        guard let (m, container) = try await board.message(id) else { throw ServiceError.notFound("message not found") }
-        do {
-            let (c, role) = try await readable(container, caller)
-            return (m, c, role)
-        } catch let e as ServiceError where e.status == .notFound {
-            throw ServiceError.notFound("message not found")
-        }
     }
 
     // MARK: ThreadsClient
