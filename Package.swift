@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        // Already in the graph through postgres-nio; the mailer's STARTTLS uses it directly.
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.25.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/vapor/sqlite-nio", from: "1.13.2"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
@@ -84,6 +86,31 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Workflows",
+            dependencies: [
+                "ServiceKit", "Storage",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Mail",
+            dependencies: [
+                "ServiceKit", "Storage",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Emails",
+            dependencies: ["ServiceKit", "Storage", "Workflows", "Mail", "Users", "Groups", "Invites"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "Gateway",
             dependencies: [
                 "ServiceKit",
@@ -97,7 +124,7 @@ let package = Package(
             name: "App",
             dependencies: [
                 "ServiceKit", "Storage", "Gateway", "Users", "Codes", "Groups", "Messaging", "Threads", "Chats", "Seen",
-                "Invites", "Pages", "Realtime",
+                "Invites", "Pages", "Realtime", "Workflows", "Mail", "Emails",
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -139,6 +166,7 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             path: "Tests/TestSupport",
+            exclude: ["smtp_sink.py"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -168,6 +196,23 @@ let package = Package(
                 "TestSupport", "ServiceKit", "Realtime", "Storage",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "WorkflowsTests",
+            dependencies: [
+                "TestSupport", "Workflows", "Storage", "ServiceKit", "Mail", "Emails",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "MailTests",
+            dependencies: [
+                "TestSupport", "Mail", "Storage", "ServiceKit",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings
         ),

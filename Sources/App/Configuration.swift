@@ -23,15 +23,23 @@ public struct AppConfiguration: Sendable {
     public var realtime = RealtimeLimits()
     /// How long a user stays online after their last connection closes.
     public var presenceGrace: Duration = .seconds(5)
+    public var mail = MailSettings()
+    public var workers = WorkerSettings()
 
     public init() {}
 
-    /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`.
+    /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`, and the
+    /// mail and worker variables (`VERTEILT_SMTP_URL`, ..., see the README).
     public mutating func applyEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) {
         if let v = env["VERTEILT_HOST"], !v.isEmpty { host = v }
         if let v = env["VERTEILT_PORT"].flatMap(Int.init) { port = v }
         if let v = env["DATABASE_URL"], !v.isEmpty { databaseURL = v }
         if let v = env["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) { logLevel = v }
         if let v = env["BCRYPT_COST"].flatMap(UInt8.init) { bcryptCost = v }
+        if let v = env["VERTEILT_SMTP_URL"], !v.isEmpty { mail.smtpURL = v }
+        if let v = env["VERTEILT_MAIL_FROM"], !v.isEmpty { mail.from = v }
+        if let v = env["VERTEILT_PUBLIC_URL"], !v.isEmpty { mail.publicURL = v }
+        if let v = env["VERTEILT_WORKERS"].flatMap(Int.init), v > 0 { workers.engine.workers = v }
+        if let v = env["VERTEILT_WORKFLOW_LEASE"].flatMap(Double.init), v > 0 { workers.engine.lease = .milliseconds(Int64(v * 1000)) }
     }
 }

@@ -1,11 +1,13 @@
 import Chats
 import Codes
+import Emails
 import Foundation
 import Gateway
 import Groups
 import Hummingbird
 import Invites
 import Logging
+import Mail
 import HummingbirdWebSocket
 import Pages
 import Realtime
@@ -14,17 +16,19 @@ import ServiceKit
 import Storage
 import Threads
 import Users
+import Workflows
 
 /// The composition root: one database, the services on it, the gateway in front of them.
 public struct Verteilt: Sendable {
     public let application: Application<RouterResponder<GatewayContext>>
     public let database: any Database
     public let bus: EventBus
+    public let workflows: WorkflowEngine
 
     /// Every service's migrations, in dependency order.
     public static let migrations: [Migration] = UsersService.migrations + CodesService.migrations
         + GroupsService.migrations + InvitesService.migrations + ThreadsService.migrations + ChatsService.migrations
-        + SeenService.migrations + StreamsService.migrations
+        + SeenService.migrations + StreamsService.migrations + WorkflowEngine.migrations + Mailbox.migrations
 
     public static func build(_ config: AppConfiguration, logger: Logger? = nil) async throws -> Verteilt {
         var logger = logger ?? Logger(label: "verteilt")
@@ -44,7 +48,15 @@ public struct Verteilt: Sendable {
         let bus = EventBus(db: db, retention: config.eventRetention, logger: logger)
         let presence = Presence(db: db, bus: bus, groups: groups, grace: config.presenceGrace, logger: logger)
         let streams = StreamsService(db: db, groups: groups, chats: chats, presence: presence)
-        let registry = ServiceRegistry([users, CodesService(db: db), groups, invites, threads, chats, seen, streams])
+        let transport = try mailTransport(config, db: db)
+        let mailer = Mailer(from: config.mail.from, transport: transport)
+        let workflows = WorkflowEngine(
+            db: db, functions: workflowFunctions(config, mailer: mailer, groups: groups, users: directory),
+            configuration: config.workers.engine, logger: logger)
+        let registry = ServiceRegistry([
+            users, CodesService(db: db), groups, invites, threads, chats, seen, streams,
+            WorkflowsService(db: db), MailService(db: db, transport: transport),
+        ])
         let pages = GroupPageBuilder(db: db, users: directory, groups: groups, threads: threads, chats: chats, seen: seen)
         let gateway = Gateway(registry: registry, authenticator: users.authenticator, config: config.gateway)
         let realtime = RealtimeGateway(
@@ -77,14 +89,15 @@ public struct Verteilt: Sendable {
                 shouldUpgrade: realtime.shouldUpgrade),
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "verteilt"),
             // Shut down in reverse: the bus and presence stop before the database closes.
-            services: [db.lifecycle, bus, presence],
+            services: [db.lifecycle, bus, presence] + (config.workers.enabled ? [workflows] : []),
             logger: logger)
         let log = logger
         app.beforeServerStarts {
             let applied = try await Migrator.migrate(db, Self.migrations)
             if !applied.isEmpty { log.info("migrated", metadata: ["applied": .string(applied.joined(separator: ", "))]) }
             try await bus.prepare()
+            if config.workers.enabled { try await workflows.prepare() }
         }
-        return Verteilt(application: app, database: db, bus: bus)
+        return Verteilt(application: app, database: db, bus: bus, workflows: workflows)
     }
 }

@@ -17,6 +17,18 @@ public struct Invite: Codable, Sendable, Equatable {
     public var createdAt: Timestamp
 }
 
+/// `invite.created`: the invite, as stored, for the group's admins (and the invite email).
+public struct InviteCreated: DomainEvent {
+    public static let name = "invite.created"
+    public var invite: Invite
+    public var audience: String { "group-admins:\(invite.groupId)" }
+
+    public init(invite: Invite) { self.invite = invite }
+    // The payload is the Invite itself (docs/API.md), not an object around it.
+    public init(from decoder: any Decoder) throws { invite = try Invite(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try invite.encode(to: encoder) }
+}
+
 public struct CreateInviteRequest: Codable, Sendable {
     public var groupId: String
     public var email: String?
@@ -132,7 +144,7 @@ public struct InvitesService: ServiceDefinition {
                 """,
                 invite.id, groupID, email, email.lowercased(), invite.code, invite.inviterId, now, expires, invite.maxUses)
             // For the group's admins (and the mailer): it carries the code.
-            try await EventLog.append(tx, type: "invite.created", audience: "group-admins:\(groupID)", payload: invite)
+            try await EventLog.append(tx, InviteCreated(invite: invite))
         }
         return InviteResponse(invite: invite)
     }

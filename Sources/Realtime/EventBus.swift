@@ -82,16 +82,9 @@ public final class EventBus: Service, Sendable {
         }
         let db = self.db
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { for await _ in db.commits.stream() { self.wake() } }
-            group.addTask { try? await db.listen(EventLog.notifyChannel) { _ in self.wake() } }
+            // A missed notification delays delivery by at most the poll interval; it never loses it.
+            group.addTask { await EventLog.watch(db, poll: self.pollInterval) { self.wake() } }
             group.addTask { try? await db.listen(Self.ephemeralChannel) { self.receiveRemote($0) } }
-            group.addTask {
-                // A missed notification delays delivery by at most this long; it never loses it.
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: self.pollInterval)
-                    self.wake()
-                }
-            }
             group.addTask {
                 // Events older than the retention period go; clients holding older cursors reload.
                 while !Task.isCancelled {

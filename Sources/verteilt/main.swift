@@ -10,7 +10,7 @@ struct VerteiltCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verteilt",
         abstract: "Verteilt: a self-hostable real-time chat server.",
-        subcommands: [Serve.self, Migrate.self, Keys.self, Admin.self],
+        subcommands: [Serve.self, Worker.self, Migrate.self, Keys.self, Admin.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -38,6 +38,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Largest request body in bytes (default 1048576).") var maxBodySize: Int?
     @Option(help: "Seconds a request may take before it gets 504 (default 10).") var requestTimeout: Double?
     @Option(help: "Longest message text in characters (default 4000).") var maxTextLength: Int?
+    @Flag(help: "Do not run workflow workers in this process (run `verteilt worker` separately).") var noWorkers = false
+    @OptionGroup var workers: WorkerOptions
 
     func run() async throws {
         var config = db.configuration()
@@ -57,8 +59,48 @@ struct Serve: AsyncParsableCommand {
             config.maxTextLength = maxTextLength
         }
         if let requestTimeout { config.gateway.requestTimeout = .milliseconds(Int64(requestTimeout * 1000)) }
+        if noWorkers { config.workers.enabled = false }
+        try workers.apply(&config)
         let app = try await Verteilt.build(config)
         try await app.application.runService()
+    }
+}
+
+struct WorkerOptions: ParsableArguments {
+    @Option(help: "Workflow runs executed at once by this process (env VERTEILT_WORKERS; default 4).") var workers: Int?
+    @Option(help: "SMTP server URL, e.g. smtp://user:pass@host:587 (env VERTEILT_SMTP_URL; default: the development mailbox).")
+    var smtpURL: String?
+    @Option(help: "Sender of mails (env VERTEILT_MAIL_FROM; default \"Verteilt <noreply@localhost>\").") var mailFrom: String?
+    @Option(help: "Base URL of the web app, for links in mails (env VERTEILT_PUBLIC_URL; default http://localhost:8080).")
+    var publicURL: String?
+
+    func apply(_ config: inout AppConfiguration) throws {
+        if let workers {
+            guard workers > 0 else { throw ValidationError("workers must be positive") }
+            config.workers.engine.workers = workers
+        }
+        if let smtpURL { config.mail.smtpURL = smtpURL }
+        if let mailFrom { config.mail.from = mailFrom }
+        if let publicURL { config.mail.publicURL = publicURL }
+    }
+}
+
+struct Worker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run only the workflow workers (durable functions, emails), without the HTTP server.")
+    @OptionGroup var db: DatabaseOption
+    @OptionGroup var workers: WorkerOptions
+    @Option(help: "trace, debug, info, notice, warning, error or critical (env LOG_LEVEL; default info).")
+    var logLevel: String?
+
+    func run() async throws {
+        var config = db.configuration()
+        try workers.apply(&config)
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("unknown log level \(logLevel)") }
+            config.logLevel = level
+        }
+        try await Verteilt.runWorker(config)
     }
 }
 

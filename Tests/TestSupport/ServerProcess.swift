@@ -7,22 +7,25 @@ import Glibc
 #endif
 
 /// A real `verteilt serve` process on a loopback port, for tests that kill servers or run several.
-final class ServerProcess: @unchecked Sendable {
-    let port: Int
-    let database: String
+public final class ServerProcess: @unchecked Sendable {
+    public let port: Int
+    public let database: String
+    /// Extra arguments for `verteilt serve` (or the whole command line when `command` is set).
+    public var arguments: [String] = []
+    public var environment: [String: String] = [:]
     private var process: Process?
 
     /// The binary `scripts/test` built (`VERTEILT_BIN`), or the debug build's.
-    static var binary: String {
+    public static var binary: String {
         ProcessInfo.processInfo.environment["VERTEILT_BIN"] ?? FileManager.default.currentDirectoryPath + "/.build/debug/verteilt"
     }
 
-    init(database: String, port: Int? = nil) {
+    public init(database: String, port: Int? = nil) {
         self.database = database
         self.port = port ?? Self.freePort()
     }
 
-    static func freePort() -> Int {
+    public static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()
@@ -36,12 +39,14 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     /// Starts the server and waits until it answers `/healthz`.
-    func start() async throws {
+    public func start() async throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         p.arguments = ["serve", "--port", String(port), "--database", database, "--bcrypt-cost", "4", "--log-level", "warning"]
+            + arguments
         var env = ProcessInfo.processInfo.environment
         env["DATABASE_URL"] = nil
+        env.merge(environment) { $1 }
         p.environment = env
         p.standardOutput = FileHandle.nullDevice
         try p.run()
@@ -54,14 +59,14 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     /// kill -9: no shutdown, no flush, no goodbye.
-    func kill9() {
+    public func kill9() {
         guard let p = process else { return }
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         process = nil
     }
 
-    func stop() {
+    public func stop() {
         guard let p = process else { return }
         p.terminate()
         p.waitUntilExit()
@@ -69,7 +74,7 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     /// One request on a fresh connection (a killed server breaks kept-alive ones).
-    func request(_ method: HTTPRequest.Method, _ path: String, json: [String: Any]? = nil, token: String? = nil) async throws -> [String: Any] {
+    public func request(_ method: HTTPRequest.Method, _ path: String, json: [String: Any]? = nil, token: String? = nil) async throws -> [String: Any] {
         let client = TestClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(10)))
         client.connect()
         defer { Task { try? await client.shutdown() } }
@@ -82,23 +87,24 @@ final class ServerProcess: @unchecked Sendable {
         return (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
     }
 
-    func post(_ method: String, _ json: [String: Any], token: String? = nil) async throws -> [String: Any] {
+    public func post(_ method: String, _ json: [String: Any], token: String? = nil) async throws -> [String: Any] {
         try await request(.post, "/v1/" + method, json: json, token: token)
     }
 
     deinit { if let p = process { kill(p.processIdentifier, SIGKILL) } }
 }
 
-struct ServerProcessError: Error, CustomStringConvertible {
-    let description: String
+public struct ServerProcessError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// A user with a token on a server process.
-struct ProcessUser {
-    let id: String
-    let token: String
+public struct ProcessUser: Sendable {
+    public let id: String
+    public let token: String
 
-    static func signUp(_ server: ServerProcess, _ name: String) async throws -> ProcessUser {
+    public static func signUp(_ server: ServerProcess, _ name: String) async throws -> ProcessUser {
         let r = try await server.post("users/Create", [
             "first_name": name, "email": "\(name.lowercased())-\(UUID().uuidString.prefix(8))@example.com", "password": "password123",
         ])

@@ -1,0 +1,71 @@
+import Emails
+import Foundation
+import Groups
+import Logging
+import Mail
+import ServiceLifecycle
+import Storage
+import Users
+import Workflows
+
+/// Mail settings: SMTP when a URL is given, else the development mailbox.
+public struct MailSettings: Sendable {
+    /// `smtp://user:pass@host:587` (STARTTLS), `smtps://...` or `?security=none`; nil keeps mails
+    /// in the development mailbox (`/v1/mail/List`).
+    public var smtpURL: String?
+    public var from = "Verteilt <noreply@localhost>"
+    /// Where people open the web app; links in mails start with it.
+    public var publicURL = "http://localhost:8080"
+    public init() {}
+}
+
+/// Workers: whether this process runs them, and how.
+public struct WorkerSettings: Sendable {
+    /// `verteilt serve --no-workers` turns this off (a separate `verteilt worker` runs them).
+    public var enabled = true
+    public var engine = WorkflowEngine.Configuration()
+    public init() {}
+}
+
+extension Verteilt {
+    static func mailTransport(_ config: AppConfiguration, db: any Database) throws -> any MailTransport {
+        guard let url = config.mail.smtpURL, !url.isEmpty else { return Mailbox(db: db) }
+        return try SMTPTransport(SMTPConfiguration(url: url))
+    }
+
+    /// Every durable function the product runs.
+    static func workflowFunctions(
+        _ config: AppConfiguration, mailer: Mailer, groups: any GroupsClient, users: any UsersClient
+    ) -> [WorkflowFunction] {
+        let settings = EmailSettings(publicURL: config.mail.publicURL)
+        return [
+            InviteEmail.function(mailer: mailer, groups: groups, users: users, settings: settings)
+        ]
+    }
+
+    /// `verteilt worker`: the workflow engine without the HTTP server, until SIGINT or SIGTERM.
+    public static func runWorker(_ config: AppConfiguration, logger: Logger? = nil) async throws {
+        var logger = logger ?? Logger(label: "verteilt-worker")
+        logger.logLevel = config.logLevel
+        let db = try await DatabaseFactory.open(url: config.databaseURL, logger: logger)
+        let directory = UsersService(db: db, hasher: PasswordHasher(cost: config.bcryptCost), config: config.users)
+        let groups = GroupsService(db: db, users: directory)
+        let mailer = Mailer(from: config.mail.from, transport: try mailTransport(config, db: db))
+        let engine = WorkflowEngine(
+            db: db, functions: workflowFunctions(config, mailer: mailer, groups: groups, users: directory),
+            configuration: config.workers.engine, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: db.lifecycle), .init(service: engine)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            tasks.addTask {
+                // Migrate once the database's pool runs, then let the engine start.
+                try await Migrator.migrate(db, Self.migrations)
+                try await engine.prepare()
+            }
+            try await tasks.waitForAll()
+        }
+    }
+}
