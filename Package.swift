@@ -202,8 +202,16 @@ let package = Package(
         .testTarget(
             name: "WorkflowsTests",
             dependencies: [
-                "TestSupport", "Workflows", "Storage", "ServiceKit", "Mail", "Emails",
+                "TestSupport", "Workflows", "Storage", "ServiceKit",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EmailsTests",
+            dependencies: [
+                "TestSupport", "Emails", "Mail", "Workflows", "Storage", "ServiceKit", "Users",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings

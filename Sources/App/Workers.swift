@@ -16,6 +16,8 @@ public struct MailSettings: Sendable {
     public var from = "Verteilt <noreply@localhost>"
     /// Where people open the web app; links in mails start with it.
     public var publicURL = "http://localhost:8080"
+    /// How a mail that failed to send is retried.
+    public var retryBackoff = Backoff(base: .seconds(5), max: .seconds(600))
     public init() {}
 }
 
@@ -39,7 +41,7 @@ extension Verteilt {
     ) -> [WorkflowFunction] {
         let settings = EmailSettings(publicURL: config.mail.publicURL)
         return [
-            InviteEmail.function(mailer: mailer, groups: groups, users: users, settings: settings)
+            InviteEmail.function(mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
         ]
     }
 

@@ -78,8 +78,10 @@ public final class SMTPSink: @unchecked Sendable {
 
     /// While on, the server answers every mail with 451 (a temporary failure).
     public func setFailing(_ on: Bool) { flag("fail", on) }
-    /// While on, the server stalls before answering a mail.
+    /// While on, the server stalls (before the message is sent).
     public func setHanging(_ on: Bool) { flag("hang", on) }
+    /// While on, the server refuses every mail for good (550).
+    public func setRejecting(_ on: Bool) { flag("reject", on) }
 
     private func flag(_ name: String, _ on: Bool) {
         let url = directory.appendingPathComponent(name)

@@ -4,7 +4,7 @@
 
 With a certificate it offers STARTTLS and requires it; with a user it requires AUTH. The test
 steers it with files in D: `fail` makes it answer DATA with 451 (try again later), `hang` makes
-it stall before answering DATA until the file is gone. It prints "ready" once it listens.
+it stall before answering RCPT until the file is gone, `reject` answers DATA with 550. It prints "ready" once it listens.
 """
 import argparse, asyncio, email, email.policy, json, os, ssl, sys, time
 
@@ -16,11 +16,18 @@ class Sink:
     def __init__(self, directory):
         self.dir = directory
 
-    async def handle_DATA(self, server, session, envelope):
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # Stalls before the message is sent, so a client killed meanwhile leaves no mail behind.
         while os.path.exists(os.path.join(self.dir, "hang")):
             await asyncio.sleep(0.05)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
         if os.path.exists(os.path.join(self.dir, "fail")):
             return "451 4.3.0 Try again later"
+        if os.path.exists(os.path.join(self.dir, "reject")):
+            return "550 5.1.1 No such mailbox"
         msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
         text = msg.get_body(preferencelist=("plain",))
         html = msg.get_body(preferencelist=("html",))
