@@ -159,6 +159,16 @@ let package = Package(
             path: "Benchmarks/Fanout",
             swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "jobs-bench",
+            dependencies: [
+                "Workflows", "Storage", "ServiceKit",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Benchmarks/Jobs",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "TestSupport",
             dependencies: [
