@@ -107,7 +107,7 @@ let package = Package(
         ),
         .target(
             name: "Emails",
-            dependencies: ["ServiceKit", "Storage", "Workflows", "Mail", "Users", "Groups", "Invites"],
+            dependencies: ["ServiceKit", "Storage", "Workflows", "Mail", "Users", "Groups", "Invites", "Chats", "Seen", "Messaging"],
             swiftSettings: swiftSettings
         ),
         .target(

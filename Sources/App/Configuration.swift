@@ -39,6 +39,7 @@ public struct AppConfiguration: Sendable {
         if let v = env["VERTEILT_SMTP_URL"], !v.isEmpty { mail.smtpURL = v }
         if let v = env["VERTEILT_MAIL_FROM"], !v.isEmpty { mail.from = v }
         if let v = env["VERTEILT_PUBLIC_URL"], !v.isEmpty { mail.publicURL = v }
+        if let v = env["VERTEILT_DIGEST_DELAY"].flatMap(Double.init), v > 0 { mail.digestDelay = .milliseconds(Int64(v * 1000)) }
         if let v = env["VERTEILT_WORKERS"].flatMap(Int.init), v > 0 { workers.engine.workers = v }
         if let v = env["VERTEILT_WORKFLOW_LEASE"].flatMap(Double.init), v > 0 { workers.engine.lease = .milliseconds(Int64(v * 1000)) }
     }

@@ -29,6 +29,7 @@ public struct Verteilt: Sendable {
     public static let migrations: [Migration] = UsersService.migrations + CodesService.migrations
         + GroupsService.migrations + InvitesService.migrations + ThreadsService.migrations + ChatsService.migrations
         + SeenService.migrations + StreamsService.migrations + WorkflowEngine.migrations + Mailbox.migrations
+        + UnreadDigest.migrations
 
     public static func build(_ config: AppConfiguration, logger: Logger? = nil) async throws -> Verteilt {
         var logger = logger ?? Logger(label: "verteilt")
@@ -51,7 +52,8 @@ public struct Verteilt: Sendable {
         let transport = try mailTransport(config, db: db)
         let mailer = Mailer(from: config.mail.from, transport: transport)
         let workflows = WorkflowEngine(
-            db: db, functions: workflowFunctions(config, mailer: mailer, groups: groups, users: directory),
+            db: db, functions: workflowFunctions(
+                config, db: db, mailer: mailer, groups: groups, users: directory, chats: chats, seen: seen),
             configuration: config.workers.engine, logger: logger)
         let registry = ServiceRegistry([
             users, CodesService(db: db), groups, invites, threads, chats, seen, streams,

@@ -1,10 +1,13 @@
+import Chats
 import Emails
 import Foundation
 import Groups
 import Logging
 import Mail
+import Seen
 import ServiceLifecycle
 import Storage
+import Threads
 import Users
 import Workflows
 
@@ -16,6 +19,8 @@ public struct MailSettings: Sendable {
     public var from = "Verteilt <noreply@localhost>"
     /// Where people open the web app; links in mails start with it.
     public var publicURL = "http://localhost:8080"
+    /// How long a chat message may stay unread before its recipient gets the unread digest.
+    public var digestDelay: Duration = .seconds(600)
     /// How a mail that failed to send is retried.
     public var retryBackoff = Backoff(base: .seconds(5), max: .seconds(600))
     public init() {}
@@ -37,12 +42,14 @@ extension Verteilt {
 
     /// Every durable function the product runs.
     static func workflowFunctions(
-        _ config: AppConfiguration, mailer: Mailer, groups: any GroupsClient, users: any UsersClient
+        _ config: AppConfiguration, db: any Database, mailer: Mailer, groups: any GroupsClient, users: any UsersClient,
+        chats: any ChatsClient, seen: any SeenClient
     ) -> [WorkflowFunction] {
         let settings = EmailSettings(publicURL: config.mail.publicURL)
         return [
             InviteEmail.function(mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
-        ]
+        ] + UnreadDigest.functions(
+            db: db, mailer: mailer, chats: chats, seen: seen, users: users, settings: settings, delay: config.mail.digestDelay)
     }
 
     /// `verteilt worker`: the workflow engine without the HTTP server, until SIGINT or SIGTERM.
@@ -52,9 +59,13 @@ extension Verteilt {
         let db = try await DatabaseFactory.open(url: config.databaseURL, logger: logger)
         let directory = UsersService(db: db, hasher: PasswordHasher(cost: config.bcryptCost), config: config.users)
         let groups = GroupsService(db: db, users: directory)
+        let threads = ThreadsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
+        let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
+        let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let mailer = Mailer(from: config.mail.from, transport: try mailTransport(config, db: db))
         let engine = WorkflowEngine(
-            db: db, functions: workflowFunctions(config, mailer: mailer, groups: groups, users: directory),
+            db: db, functions: workflowFunctions(
+                config, db: db, mailer: mailer, groups: groups, users: directory, chats: chats, seen: seen),
             configuration: config.workers.engine, logger: logger)
         let group = ServiceGroup(
             configuration: .init(

@@ -308,8 +308,11 @@ struct RunStore: Sendable {
         Int(try await tx.first("SELECT failures FROM workflow_steps WHERE run_id = $1 AND name = $2", run, step)?.int("failures") ?? 0)
     }
 
-    func completeStep(run: String, worker: String, name: String, position: Int, output: String, at now: Timestamp) async throws {
+    func completeStep(run: String, worker: String, name: String, position: Int, output: String, at now: Timestamp,
+                      also: (@Sendable (Transaction) async throws -> Void)? = nil) async throws {
         try await db.write { tx in
+            // Events first: the log's advisory lock before the run row, as every appender takes them.
+            if let also { try await also(tx) }
             try await requireOwned(tx, run: run, worker: worker)
             let failed = try await failures(tx, run: run, step: name)
             try await upsertStep(tx, run: run, name: name, position: position, status: .completed, output: output,

@@ -88,6 +88,17 @@ public final class Step: Sendable {
         }
     }
 
+    /// Appends `event` to the log once per run: with the step's result, in one transaction, so a
+    /// retried or resumed run never sends it twice. How a function fans out into other runs.
+    public func sendEvent<E: DomainEvent>(_ name: String, _ event: E) async throws {
+        let (key, position, stored) = next(name)
+        if let stored, stored.status == .completed { return }
+        try await store.completeStep(run: runID, worker: worker, name: key, position: position, output: "null", at: clock.now()) { tx in
+            try await EventLog.append(tx, event)
+        }
+        remember(StoredStep(name: key, status: .completed, output: "null", wakeAt: nil))
+    }
+
     /// Pauses the run for `duration`; the worker is free meanwhile, and a restart does not reset it.
     public func sleep(_ name: String, for duration: Duration) async throws {
         try await sleep(name, until: clock.now().adding(seconds: duration.seconds), relative: true)
