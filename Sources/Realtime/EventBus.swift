@@ -27,7 +27,21 @@ public final class EventBus: Service, Sendable {
         var ringBase: Int64 = 0
         var head: Int64 = 0
         var prepared = false
+        /// Connections still replaying (and `streams/Subscribe` sockets): they pull.
         var listeners: [UUID: AsyncStream<BusSignal>.Continuation] = [:]
+        /// Caught-up feeds, by event loop: the bus pushes to them.
+        var live: [ObjectIdentifier: LoopFeeds] = [:]
+    }
+
+    struct LoopFeeds {
+        let loop: any EventLoop
+        var feeds: [ObjectIdentifier: LiveFeed] = [:]
+    }
+
+    enum WindowRead {
+        case events([FeedEvent])
+        /// The cursor is older than the window.
+        case behind
     }
 
     public enum ReadResult: Sendable {
@@ -72,7 +86,9 @@ public final class EventBus: Service, Sendable {
     }
 
     public var head: Int64 { state.withLockedValue { $0.head } }
-    public var connectionCount: Int { state.withLockedValue { $0.listeners.count } }
+    public var connectionCount: Int {
+        state.withLockedValue { s in s.listeners.count + s.live.values.reduce(0) { $0 + $1.feeds.count } }
+    }
 
     public func run() async throws {
         // `prepare()` runs once the schema exists (before the server starts); wait for it.
@@ -127,35 +143,38 @@ public final class EventBus: Service, Sendable {
         }
     }
 
-    /// Moves the ring up to the log's head, then wakes every connection.
+    /// Moves the ring up to the log's head, then wakes the connections that pull and pushes the
+    /// new events to the live ones, one task per event loop.
     func catchUp() async throws {
-        var woke = false
         while true {
-            let after = head
-            let events = try await EventLog.read(db, after: after, limit: 1000).map(FeedEvent.init)
+            let events = try await EventLog.read(db, after: head, limit: 1000).map(FeedEvent.init)
             guard !events.isEmpty else { break }
-            let listeners = state.withLockedValue { s -> [AsyncStream<BusSignal>.Continuation] in
-                for e in events where e.seq > s.head {
+            let (batch, base, windowBase, listeners, loops) = state.withLockedValue { s in
+                let base = s.head
+                let batch = events.filter { $0.seq > base }
+                for e in batch {
                     s.ring.append(e)
                     s.head = e.seq
                 }
                 while s.ring.count > capacity { s.ringBase = s.ring.removeFirst().seq }
-                return Array(s.listeners.values)
+                return (batch, base, s.ringBase, Array(s.listeners.values), Array(s.live.values))
             }
             for l in listeners { l.yield(.wake) }
-            woke = true
+            for group in loops {
+                let feeds = Array(group.feeds.values)
+                group.loop.execute {
+                    for f in feeds { f.push(batch: batch[...], batchBase: base, windowBase: windowBase, bus: self) }
+                }
+            }
             if events.count < 1000 { break }
         }
-        _ = woke
     }
 
-    /// Events after `cursor`, oldest first, at most `limit`.
-    func read(after cursor: Int64, limit: Int, allowDatabase: Bool) async throws -> ReadResult {
-        enum Local { case events([FeedEvent]), older, future }
-        let local = state.withLockedValue { s -> Local in
-            if cursor > s.head { return .future }
-            if cursor == s.head { return .events([]) }
-            guard cursor >= s.ringBase else { return .older }
+    /// Events after `cursor` from the window of recent events, at most `limit`.
+    func window(after cursor: Int64, limit: Int) -> WindowRead {
+        state.withLockedValue { s in
+            if cursor >= s.head { return .events([]) }
+            guard cursor >= s.ringBase else { return .behind }
             // First index with seq > cursor.
             var lo = 0, hi = s.ring.count
             while lo < hi {
@@ -164,14 +183,40 @@ public final class EventBus: Service, Sendable {
             }
             return .events(Array(s.ring[lo..<min(s.ring.count, lo + limit)]))
         }
-        switch local {
+    }
+
+    /// Events after `cursor`, oldest first, at most `limit`.
+    func read(after cursor: Int64, limit: Int, allowDatabase: Bool) async throws -> ReadResult {
+        if cursor > head { return .reload }
+        switch window(after: cursor, limit: limit) {
         case .events(let e): return .events(e)
-        case .future: return .reload
-        case .older:
+        case .behind:
             guard allowDatabase else { return .behind }
             if let oldest = try await EventLog.oldest(db), cursor < oldest - 1 { return .reload }
             return .events(try await EventLog.read(db, after: cursor, limit: limit).map(FeedEvent.init))
         }
+    }
+
+    /// Hands a caught-up connection to the bus, which writes to it from now on.
+    func attach(_ feed: LiveFeed) {
+        state.withLockedValue { s in
+            s.live[ObjectIdentifier(feed.eventLoop), default: LoopFeeds(loop: feed.eventLoop)].feeds[ObjectIdentifier(feed)] = feed
+        }
+        feed.eventLoop.execute { self.pushPending(feed) }
+    }
+
+    func detach(_ feed: LiveFeed) {
+        state.withLockedValue { s in
+            let loop = ObjectIdentifier(feed.eventLoop)
+            s.live[loop]?.feeds.removeValue(forKey: ObjectIdentifier(feed))
+            if s.live[loop]?.feeds.isEmpty == true { s.live.removeValue(forKey: loop) }
+        }
+    }
+
+    /// Writes whatever `feed` has not had yet (after it attached, or once its channel drains).
+    func pushPending(_ feed: LiveFeed) {
+        let windowBase = state.withLockedValue { $0.ringBase }
+        feed.push(batch: [], batchBase: -1, windowBase: windowBase, bus: self)
     }
 
     func subscribe() -> (UUID, AsyncStream<BusSignal>) {
@@ -209,8 +254,13 @@ public final class EventBus: Service, Sendable {
     }
 
     func deliver(audience: String, frame: ByteBuffer, except: String?) {
-        for l in state.withLockedValue({ Array($0.listeners.values) }) {
-            l.yield(.ephemeral(audience: audience, frame: frame, except: except))
+        let (listeners, loops) = state.withLockedValue { (Array($0.listeners.values), Array($0.live.values)) }
+        for l in listeners { l.yield(.ephemeral(audience: audience, frame: frame, except: except)) }
+        for group in loops {
+            let feeds = Array(group.feeds.values)
+            group.loop.execute {
+                for f in feeds { f.send(ephemeral: frame, audience: audience, except: except) }
+            }
         }
     }
 }
