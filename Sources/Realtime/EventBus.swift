@@ -33,9 +33,14 @@ public final class EventBus: Service, Sendable {
         var live: [ObjectIdentifier: LoopFeeds] = [:]
     }
 
+    /// The live feeds on one event loop. At most one push task per loop is queued: events that
+    /// commit while it waits ride along, so a busy server writes several frames per flush.
     struct LoopFeeds {
         let loop: any EventLoop
         var feeds: [ObjectIdentifier: LiveFeed] = [:]
+        var scheduled = false
+        /// Every feed on this loop has been handed the events up to here.
+        var pushedThrough: Int64
     }
 
     enum WindowRead {
@@ -149,40 +154,65 @@ public final class EventBus: Service, Sendable {
         while true {
             let events = try await EventLog.read(db, after: head, limit: 1000).map(FeedEvent.init)
             guard !events.isEmpty else { break }
-            let (batch, base, windowBase, listeners, loops) = state.withLockedValue { s in
-                let base = s.head
-                let batch = events.filter { $0.seq > base }
-                for e in batch {
+            let (listeners, loops) = state.withLockedValue { s in
+                for e in events where e.seq > s.head {
                     s.ring.append(e)
                     s.head = e.seq
                 }
                 while s.ring.count > capacity { s.ringBase = s.ring.removeFirst().seq }
-                return (batch, base, s.ringBase, Array(s.listeners.values), Array(s.live.values))
+                return (Array(s.listeners.values), Self.schedule(&s))
             }
             for l in listeners { l.yield(.wake) }
-            for group in loops {
-                let feeds = Array(group.feeds.values)
-                group.loop.execute {
-                    for f in feeds { f.push(batch: batch[...], batchBase: base, windowBase: windowBase, bus: self) }
-                }
-            }
+            for loop in loops { loop.execute { self.pushLive(on: loop) } }
             if events.count < 1000 { break }
         }
     }
 
+    /// Marks the loops that have no push queued as scheduled and returns them.
+    private static func schedule(_ s: inout State) -> [any EventLoop] {
+        var loops: [any EventLoop] = []
+        for (id, group) in s.live where !group.scheduled && group.pushedThrough < s.head {
+            s.live[id]!.scheduled = true
+            loops.append(group.loop)
+        }
+        return loops
+    }
+
+    /// Runs on `loop`: hands every live feed there the events since the last push.
+    private func pushLive(on loop: any EventLoop) {
+        let id = ObjectIdentifier(loop)
+        let work = state.withLockedValue { s -> (feeds: [LiveFeed], base: Int64, batch: [FeedEvent], windowBase: Int64)? in
+            guard let group = s.live[id] else { return nil }
+            s.live[id]!.scheduled = false
+            let batch = Self.window(s, after: group.pushedThrough, limit: LiveFeed.chunk) ?? []
+            s.live[id]!.pushedThrough = batch.last?.seq ?? s.head
+            return (Array(group.feeds.values), group.pushedThrough, batch, s.ringBase)
+        }
+        guard let work else { return }
+        for f in work.feeds { f.push(batch: work.batch[...], batchBase: work.base, windowBase: work.windowBase, bus: self) }
+        // More than one chunk behind: go again, after whatever else the loop has to do.
+        let again = state.withLockedValue { s in
+            s.live[id].map { !$0.scheduled && $0.pushedThrough < s.head } == true ? Self.schedule(&s) : []
+        }
+        for l in again { l.execute { self.pushLive(on: l) } }
+    }
+
     /// Events after `cursor` from the window of recent events, at most `limit`.
     func window(after cursor: Int64, limit: Int) -> WindowRead {
-        state.withLockedValue { s in
-            if cursor >= s.head { return .events([]) }
-            guard cursor >= s.ringBase else { return .behind }
-            // First index with seq > cursor.
-            var lo = 0, hi = s.ring.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if s.ring[mid].seq <= cursor { lo = mid + 1 } else { hi = mid }
-            }
-            return .events(Array(s.ring[lo..<min(s.ring.count, lo + limit)]))
+        state.withLockedValue { s in Self.window(s, after: cursor, limit: limit).map(WindowRead.events) ?? .behind }
+    }
+
+    /// nil when `cursor` is older than the window.
+    private static func window(_ s: State, after cursor: Int64, limit: Int) -> [FeedEvent]? {
+        if cursor >= s.head { return [] }
+        guard cursor >= s.ringBase else { return nil }
+        // First index with seq > cursor.
+        var lo = 0, hi = s.ring.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if s.ring[mid].seq <= cursor { lo = mid + 1 } else { hi = mid }
         }
+        return Array(s.ring[lo..<min(s.ring.count, lo + limit)])
     }
 
     /// Events after `cursor`, oldest first, at most `limit`.
@@ -200,7 +230,8 @@ public final class EventBus: Service, Sendable {
     /// Hands a caught-up connection to the bus, which writes to it from now on.
     func attach(_ feed: LiveFeed) {
         state.withLockedValue { s in
-            s.live[ObjectIdentifier(feed.eventLoop), default: LoopFeeds(loop: feed.eventLoop)].feeds[ObjectIdentifier(feed)] = feed
+            s.live[ObjectIdentifier(feed.eventLoop), default: LoopFeeds(loop: feed.eventLoop, pushedThrough: s.head)]
+                .feeds[ObjectIdentifier(feed)] = feed
         }
         feed.eventLoop.execute { self.pushPending(feed) }
     }
@@ -256,10 +287,12 @@ public final class EventBus: Service, Sendable {
     func deliver(audience: String, frame: ByteBuffer, except: String?) {
         let (listeners, loops) = state.withLockedValue { (Array($0.listeners.values), Array($0.live.values)) }
         for l in listeners { l.yield(.ephemeral(audience: audience, frame: frame, except: except)) }
+        guard !loops.isEmpty else { return }
+        let wire = WireFrame.text(frame)
         for group in loops {
             let feeds = Array(group.feeds.values)
             group.loop.execute {
-                for f in feeds { f.send(ephemeral: frame, audience: audience, except: except) }
+                for f in feeds { f.send(ephemeral: wire, audience: audience, except: except) }
             }
         }
     }

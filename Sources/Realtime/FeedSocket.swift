@@ -97,10 +97,13 @@ struct FeedSocket: Sendable {
                 }
             }
             let (ended, endedSink) = AsyncStream<FeedEnd>.makeStream()
-            let feed = LiveFeed(user: user, channel: channel, audiences: audiences, cursor: cursor, ended: endedSink)
+            let wire = FeedWire(eventLoop: channel.eventLoop)
+            let feed = LiveFeed(user: user, wire: wire, audiences: audiences, cursor: cursor, ended: endedSink)
             let bus = self.bus
-            try await channel.pipeline.addHandler(
-                WritabilityWatch { feed.eventLoop.execute { bus.pushPending(feed) } }, position: .first)
+            try await channel.eventLoop.submit {
+                wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
+                try channel.pipeline.syncOperations.addHandler(wire, position: .first)
+            }.get()
             bus.attach(feed)
             defer { bus.detach(feed) }
             for await reason in ended {

@@ -1,6 +1,5 @@
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOWebSocket
 
 /// Why the bus ends a live feed; the connection's task closes the socket with the matching code.
 enum FeedEnd: Sendable {
@@ -9,38 +8,61 @@ enum FeedEnd: Sendable {
     case accountDeleted
 }
 
-/// A `/v1/events` connection that has caught up. The bus writes the shared frames of new events
-/// straight to its channel on the channel's event loop: no task wakes per connection per event,
-/// and every event the bus hands over in one go leaves in one flush.
+/// A WebSocket text frame as it goes on the wire from a server (unmasked, no extensions), so one
+/// encoding serves every connection.
+enum WireFrame {
+    static func text(_ payload: ByteBuffer) -> ByteBuffer {
+        let n = payload.readableBytes
+        var out = ByteBufferAllocator().buffer(capacity: n + 10)
+        out.writeInteger(UInt8(0x81))  // FIN, text
+        if n < 126 {
+            out.writeInteger(UInt8(n))
+        } else if n <= Int(UInt16.max) {
+            out.writeInteger(UInt8(126))
+            out.writeInteger(UInt16(n))
+        } else {
+            out.writeInteger(UInt8(127))
+            out.writeInteger(UInt64(n))
+        }
+        var p = payload
+        out.writeBuffer(&p)
+        return out
+    }
+}
+
+/// A `/v1/events` connection that has caught up. The bus writes the already-encoded frames of
+/// new events straight to its socket on the channel's event loop: no task wakes per connection
+/// per event, no per-connection encoding, and whatever the bus hands over in one go leaves in one
+/// flush.
 ///
-/// `cursor` and `ending` are only touched on `channel.eventLoop`; that is the invariant that
-/// makes the unchecked `Sendable` sound.
+/// `cursor`, `ending` and the wire's context are only touched on the channel's event loop; that
+/// is the invariant that makes the unchecked `Sendable` sound.
 final class LiveFeed: @unchecked Sendable {
     let user: String
-    let channel: any Channel
+    let wire: FeedWire
     let audiences: NIOLockedValueBox<Audiences>
     private let ended: AsyncStream<FeedEnd>.Continuation
     /// The last event this connection has been handed (written, or skipped as not its audience).
     private var cursor: Int64
     private var ending = false
 
-    init(user: String, channel: any Channel, audiences: NIOLockedValueBox<Audiences>, cursor: Int64,
+    init(user: String, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, cursor: Int64,
          ended: AsyncStream<FeedEnd>.Continuation) {
         self.user = user
-        self.channel = channel
+        self.wire = wire
         self.audiences = audiences
         self.cursor = cursor
         self.ended = ended
     }
 
-    var eventLoop: any EventLoop { channel.eventLoop }
+    var eventLoop: any EventLoop { wire.eventLoop }
 
     /// Writes what this connection has not had yet. `batch` holds the events after `batchBase`,
     /// the common case; a connection elsewhere (it was not writable a moment ago) reads the
     /// bus's window. Writes stop when the channel stops being writable, so what waits in memory
     /// for a slow reader is bounded by the channel's high-water mark plus one frame; the
-    /// connection resumes when the channel drains (`WritabilityWatch`) or, if the window has
-    /// moved past it by then, is told to resume from its cursor.
+    /// connection resumes when the channel drains or, if the window has moved past it by then,
+    /// is told to resume from its cursor.
     func push(batch: ArraySlice<FeedEvent>, batchBase: Int64, windowBase: Int64, bus: EventBus) {
         eventLoop.preconditionInEventLoop()
         guard !ending else { return }
@@ -48,8 +70,8 @@ final class LiveFeed: @unchecked Sendable {
         // not hold its place for ever.
         guard cursor >= windowBase else { return end(.resume) }
         var wrote = false
-        defer { if wrote { channel.flush() } }
-        while channel.isWritable {
+        defer { if wrote { wire.flush() } }
+        while wire.isWritable {
             let events: ArraySlice<FeedEvent>
             var more = false
             if cursor == batchBase, !batch.isEmpty {
@@ -65,7 +87,7 @@ final class LiveFeed: @unchecked Sendable {
                 }
             }
             for e in events {
-                guard channel.isWritable else { return }
+                guard wire.isWritable else { return }
                 if case .userDeleted(let u)? = e.change, u == user { return end(.accountDeleted) }
                 let visible = audiences.withLockedValue { a -> Bool in
                     if let c = e.change { a.before(c) }
@@ -74,7 +96,7 @@ final class LiveFeed: @unchecked Sendable {
                     return visible
                 }
                 if visible {
-                    channel.write(WebSocketFrame(fin: true, opcode: .text, data: e.frame), promise: nil)
+                    wire.write(e.wire)
                     wrote = true
                 }
                 cursor = e.seq
@@ -87,10 +109,11 @@ final class LiveFeed: @unchecked Sendable {
 
     /// A frame that is never stored (typing, presence); dropped for a connection that cannot
     /// take it now, as a missed typing notice is harmless and presence is re-read on resume.
-    func send(ephemeral frame: ByteBuffer, audience: String, except: String?) {
+    func send(ephemeral wireFrame: ByteBuffer, audience: String, except: String?) {
         eventLoop.preconditionInEventLoop()
-        guard !ending, channel.isWritable, except != user, audiences.withLockedValue({ $0.contains(audience) }) else { return }
-        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: frame), promise: nil)
+        guard !ending, wire.isWritable, except != user, audiences.withLockedValue({ $0.contains(audience) }) else { return }
+        wire.write(wireFrame)
+        wire.flush()
     }
 
     private func end(_ reason: FeedEnd) {
@@ -100,15 +123,31 @@ final class LiveFeed: @unchecked Sendable {
     }
 }
 
-/// Tells the bus when a live feed's channel can take writes again after a slow reader caught up.
-final class WritabilityWatch: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+/// Sits next to the socket in a live feed's pipeline: the bus writes encoded frames through it
+/// (past the WebSocket encoder, which has nothing left to do for them), and it tells the bus when
+/// the channel can take writes again after a slow reader caught up.
+///
+/// Only valid without WebSocket extensions: a negotiated extension (compression) would have to
+/// transform every frame. The server negotiates none.
+final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     typealias InboundIn = NIOAny
-    let onWritable: @Sendable () -> Void
+    typealias OutboundOut = ByteBuffer
+    let eventLoop: any EventLoop
+    private var context: ChannelHandlerContext?
+    var onWritable: (@Sendable () -> Void)?
 
-    init(onWritable: @escaping @Sendable () -> Void) { self.onWritable = onWritable }
+    init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func write(_ bytes: ByteBuffer) { context?.write(wrapOutboundOut(bytes), promise: nil) }
+    func flush() { context?.flush() }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { onWritable() }
+        if context.channel.isWritable { onWritable?() }
         context.fireChannelWritabilityChanged()
     }
 }
