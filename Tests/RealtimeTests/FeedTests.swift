@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import Realtime
 import ServiceKit
 import Storage
 import Testing
@@ -160,6 +161,24 @@ struct FeedTests {
             #expect(offline["online"] as? Bool == false)
             let after = try await api.post("streams/Presence", ["user_ids": [f.member.id]], token: f.owner.token)
             #expect(((after["users"] as? [String: [String: Any]])?[f.member.id])?["online"] as? Bool == false)
+            await owner.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func deletingAnAccountClosesItsOpenFeeds(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let member = try await api.feed(f.member)
+            _ = try await member.next()
+            let owner = try await api.feed(f.owner)
+            _ = try await owner.next()
+            let r = try await api.post("users/Delete", [:], token: f.member.token)
+            #expect(r.status == .ok)
+            #expect(try await member.closeCode() == FeedCloseCode.accountDeleted)
+            // Everyone else's feed carries on.
+            _ = try await api.say("still here", in: f.conversationID, as: f.owner)
+            #expect(try await owner.next(where: { $0["event"] as? String == "message.created" })["type"] as? String == "event")
             await owner.close()
         }
     }
