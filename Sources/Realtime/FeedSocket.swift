@@ -232,5 +232,7 @@ public struct RealtimeLimits: Sendable {
     public var window = 10_000
     /// How long a close frame may wait behind unread data before the connection is dropped.
     public var closeTimeout: Duration = .seconds(5)
+    /// How often the server pings; a socket silent for two periods is closed.
+    public var heartbeat: Duration = .seconds(20)
     public init() {}
 }

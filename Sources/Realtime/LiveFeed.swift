@@ -8,6 +8,8 @@ enum WireFrame {
         frame(opcode: 0x1, payload)
     }
 
+    static let ping = frame(opcode: 0x9, ByteBuffer())
+
     static func close(code: UInt16, reason: String) -> ByteBuffer {
         var payload = ByteBuffer()
         payload.writeInteger(code)
@@ -119,6 +121,17 @@ final class LiveFeed: @unchecked Sendable {
         wire.flush()
     }
 
+    /// Pings, or ends a connection that has been silent since `silentSince`.
+    func heartbeat(silentSince: NIODeadline) {
+        eventLoop.preconditionInEventLoop()
+        guard !ending else { return }
+        guard wire.lastRead >= silentSince else {
+            return end(code: FeedCloseCode.resume, reason: "no answer to pings")
+        }
+        wire.write(WireFrame.ping)
+        wire.flush()
+    }
+
     /// Sends the close frame (after whatever is still queued) and drops the connection if the
     /// client has not completed the close by the timeout: a reader that stopped reading never
     /// will. The connection's task ends when the socket does.
@@ -131,8 +144,9 @@ final class LiveFeed: @unchecked Sendable {
 }
 
 /// Sits next to the socket in a live feed's pipeline: the bus writes encoded frames through it
-/// (past the WebSocket encoder, which has nothing left to do for them), and it tells the bus when
-/// the channel can take writes again after a slow reader caught up.
+/// (past the WebSocket encoder, which has nothing left to do for them); it tells the bus when
+/// the channel can take writes again after a slow reader caught up, and when the client last
+/// sent anything, for heartbeats.
 ///
 /// Only valid without WebSocket extensions: a negotiated extension (compression) would have to
 /// transform every frame. The server negotiates none.
@@ -142,8 +156,15 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
     let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
     var onWritable: (@Sendable () -> Void)?
+    /// When the client last sent anything (a pong counts).
+    private(set) var lastRead = NIODeadline.now()
 
     init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastRead = .now()
+        context.fireChannelRead(data)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
