@@ -214,7 +214,12 @@ final class FeedClient: ChannelInboundHandler, @unchecked Sendable {
                 offset = 10
             }
             guard buffer.readableBytes >= offset + length else { break }
+            let opcode = (buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) ?? 0) & 0x0f
             buffer.moveReaderIndex(forwardBy: offset)
+            if opcode == 0x9 {
+                // Answer the server's heartbeat: an empty pong, masked as client frames must be.
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [0x8a, 0x80, 0, 0, 0, 0])), promise: nil)
+            }
             if let sentAt = buffer.withUnsafeReadableBytes({ Self.sentAt(in: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }) {
                 stats.record(sentAt: sentAt)
             }
