@@ -56,7 +56,7 @@ struct FeedSocket: Sendable {
         do {
             try await channel.eventLoop.submit {
                 wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
-                try channel.pipeline.syncOperations.addHandler(wire, position: .first)
+                try wire.install(in: channel)
             }.get()
         } catch {
             return

@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOWebSocket
 
 /// A WebSocket text frame as it goes on the wire from a server (unmasked, no extensions), so one
 /// encoding serves every connection.
@@ -177,6 +178,17 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
     private(set) var lastRead = NIODeadline.now()
 
     init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    /// Puts the wire right below the WebSocket encoder: its writes skip the encoder but still go
+    /// through anything nearer the socket (TLS, were the server to terminate it itself).
+    func install(in channel: any Channel) throws {
+        let pipeline = channel.pipeline.syncOperations
+        if let encoder = try? pipeline.handler(type: WebSocketFrameEncoder.self) {
+            try pipeline.addHandler(self, position: .before(encoder))
+        } else {
+            try pipeline.addHandler(self, position: .first)
+        }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastRead = .now()
