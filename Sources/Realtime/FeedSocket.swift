@@ -29,13 +29,10 @@ struct FeedSocket: Sendable {
     let presence: Presence
     let limits: RealtimeLimits
 
-    func serve(user: String, since: Int64?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async {
-        let (id, signals) = bus.subscribe()
+    func serve(user: String, since: Int64?, channel: any Channel, inbound: WebSocketInboundStream,
+               outbound: WebSocketOutboundWriter, logger: Logger) async {
         await presence.connected(user)
-        defer {
-            bus.unsubscribe(id)
-            presence.disconnected(user)
-        }
+        defer { presence.disconnected(user) }
         let roles: [String: Role]
         let chatIDs: [String]
         do {
@@ -47,71 +44,74 @@ struct FeedSocket: Sendable {
             return
         }
         let audiences = NIOLockedValueBox(Audiences(user: user, groups: roles, chats: chatIDs))
-        // A server shutting down closes its sockets rather than waiting for clients to leave.
-        try? await cancelWhenGracefulShutdown {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    await self.send(user: user, since: since, signals: signals, audiences: audiences, outbound: outbound, logger: logger)
-                }
-                group.addTask {
-                    await self.receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
-                }
-                await group.next()
-                group.cancelAll()
-            }
+        // One task per connection, no more (each costs memory when thousands sit idle): replay
+        // what was missed, let the bus write live events, then read client frames. Frames a
+        // client sends during the replay wait in the socket until it is done. The bus holds the
+        // connection from the start, so heartbeats and ephemeral frames cover the replay too.
+        let closeTimeout = TimeAmount.nanoseconds(Int64(limits.closeTimeout.components.seconds) * 1_000_000_000
+            + limits.closeTimeout.components.attoseconds / 1_000_000_000)
+        let wire = FeedWire(eventLoop: channel.eventLoop)
+        let feed = LiveFeed(user: user, wire: wire, audiences: audiences, closeTimeout: closeTimeout)
+        let bus = self.bus
+        do {
+            try await channel.eventLoop.submit {
+                wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
+                try wire.install(in: channel)
+            }.get()
+        } catch {
+            return
         }
-        if Task.isShuttingDownGracefully { try? await outbound.close(.goingAway, reason: "server shutting down") }
+        bus.attach(feed)
+        defer { bus.detach(feed) }
+        // A server shutting down closes its sockets rather than waiting for clients to leave.
+        await withGracefulShutdownHandler {
+            guard await replay(feed, since: since, outbound: outbound, logger: logger) else { return }
+            await receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
+        } onGracefulShutdown: {
+            channel.eventLoop.scheduleTask(in: closeTimeout) { channel.close(promise: nil) }
+        }
     }
 
     // MARK: Server to client
 
-    func send(user: String, since: Int64?, signals: AsyncStream<BusSignal>, audiences: NIOLockedValueBox<Audiences>,
-              outbound: WebSocketOutboundWriter, logger: Logger) async {
+    /// Replays what the client missed through the socket's writer, then lets the bus write to
+    /// it. False when the connection was closed instead.
+    func replay(_ feed: LiveFeed, since: Int64?, outbound: WebSocketOutboundWriter, logger: Logger) async -> Bool {
         var cursor = since ?? bus.head
-        // While replaying after a reconnect the log itself may be read; once live, falling behind
-        // the bus's ring means this client cannot keep up.
-        var catchingUp = since != nil
         do {
             try await outbound.writeTextMessage(#"{"type":"ready","cursor":\#(cursor)}"#)
-            var iterator = signals.makeAsyncIterator()
-            while true {
-                drain: while true {
-                    switch try await bus.read(after: cursor, limit: 500, allowDatabase: catchingUp) {
-                    case .reload:
-                        cursor = bus.head
-                        catchingUp = false
-                        try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
-                    case .behind:
-                        try await outbound.close(.unknown(FeedCloseCode.resume), reason: "resume from your cursor")
-                        return
-                    case .events(let events):
-                        if events.isEmpty {
-                            catchingUp = false
-                            break drain
+            // While replaying after a reconnect the log itself may be read.
+            replay: while true {
+                switch try await bus.read(after: cursor, limit: 500, allowDatabase: since != nil) {
+                case .reload:
+                    cursor = bus.head
+                    try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
+                case .behind:
+                    await feed.end(code: FeedCloseCode.resume, reason: "resume from your cursor")
+                    return false
+                case .events(let events):
+                    if events.isEmpty { break replay }
+                    for e in events {
+                        if case .userDeleted(let u)? = e.change, u == feed.user {
+                            await feed.end(code: FeedCloseCode.accountDeleted, reason: "account deleted")
+                            return false
                         }
-                        for e in events {
-                            if case .userDeleted(let u)? = e.change, u == user {
-                                try await outbound.close(.unknown(FeedCloseCode.accountDeleted), reason: "account deleted")
-                                return
-                            }
-                            let visible = audiences.withLockedValue { a -> Bool in
-                                if let c = e.change { a.before(c) }
-                                return a.contains(e.audience)
-                            }
-                            if visible { try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame))) }
-                            if let c = e.change { audiences.withLockedValue { $0.after(c) } }
-                            cursor = e.seq
+                        let visible = feed.audiences.withLockedValue { a -> Bool in
+                            if let c = e.change { a.before(c) }
+                            return a.contains(e.audience)
                         }
+                        if visible { try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame))) }
+                        if let c = e.change { feed.audiences.withLockedValue { $0.after(c) } }
+                        cursor = e.seq
                     }
                 }
-                guard let signal = await iterator.next() else { return }
-                if case .ephemeral(let audience, let frame, let except) = signal, except != user,
-                   audiences.withLockedValue({ $0.contains(audience) }) {
-                    try await outbound.write(.custom(.init(fin: true, opcode: .text, data: frame)))
-                }
             }
+            await feed.goLive(from: cursor, bus: bus)
+            return true
         } catch {
-            logger.debug("feed send ended", metadata: ["error": .string("\(error)")])
+            // The socket closed under the replay (the client left, or a heartbeat went unanswered).
+            logger.debug("feed replay ended", metadata: ["error": .string("\(error)")])
+            return false
         }
     }
 
@@ -216,5 +216,12 @@ public struct RealtimeLimits: Sendable {
     public var maxClientFrame = 4096
     public var framesPerSecond = 20.0
     public var typingInterval: Duration = .seconds(2)
+    /// How many recent events the bus keeps for live connections; one further behind (a reader
+    /// that stopped reading) is closed with 4000 "resume from your cursor".
+    public var window = 10_000
+    /// How long a close frame may wait behind unread data before the connection is dropped.
+    public var closeTimeout: Duration = .seconds(5)
+    /// How often the server pings; a socket silent for two periods is closed.
+    public var heartbeat: Duration = .seconds(20)
     public init() {}
 }

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import Realtime
 import ServiceKit
 import Storage
 import Testing
@@ -165,6 +166,49 @@ struct FeedTests {
     }
 
     @Test(arguments: Backend.all)
+    func deletingAnAccountClosesItsOpenFeeds(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let member = try await api.feed(f.member)
+            _ = try await member.next()
+            let owner = try await api.feed(f.owner)
+            _ = try await owner.next()
+            let r = try await api.post("users/Delete", [:], token: f.member.token)
+            #expect(r.status == .ok)
+            #expect(try await member.closeCode() == FeedCloseCode.accountDeleted)
+            // Everyone else's feed carries on.
+            _ = try await api.say("still here", in: f.conversationID, as: f.owner)
+            #expect(try await owner.next(where: { $0["event"] as? String == "message.created" })["type"] as? String == "event")
+            await owner.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func heartbeatsDropSilentSocketsAndKeepAnsweringOnes(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: {
+            $0.realtime.heartbeat = .milliseconds(200)
+            $0.realtime.closeTimeout = .milliseconds(300)
+        }) { api in
+            let f = try await api.fixture()
+            let answering = try await api.feed(f.owner)  // its client answers pings
+            _ = try await answering.next()
+            let silent = try await StalledSocket.connect(port: api.port, path: "/v1/events", token: f.member.token)
+            while api.app.bus.connectionCount < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            let start = ContinuousClock.now
+            while api.app.bus.connectionCount > 1 {
+                try #require(start.duration(to: .now) < .seconds(5), "the silent socket was never dropped")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try await Task.sleep(for: .milliseconds(600))  // three more heartbeats
+            _ = try await api.say("after the heartbeats", in: f.conversationID, as: f.admin)
+            let e = try await answering.next(where: { $0["event"] as? String == "message.created" })
+            #expect((e["data"] as? [String: Any])?["text"] as? String == "after the heartbeats")
+            await silent.close()
+            await answering.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
     func badFramesGetErrorsOrAClose(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in
             let f = try await api.fixture()
@@ -213,6 +257,112 @@ struct FeedTests {
             let byCookie = try await WSClient(port: api.port, path: "/v1/events", headers: [.cookie: "verteilt_session=\(f.member.token)"])
             #expect(try await byCookie.next()["type"] as? String == "ready")
             await byCookie.close()
+        }
+    }
+}
+
+@Suite("realtime: a reader that stops reading")
+struct SlowConsumerTests {
+    /// A reconnecting client that stops reading in the middle of its replay is dropped by the
+    /// heartbeat, not left holding a task and a blocked writer.
+    @Test(arguments: Backend.all)
+    func aReaderThatStallsDuringItsReplayIsDropped(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: {
+            $0.realtime.heartbeat = .milliseconds(200)
+            $0.realtime.closeTimeout = .milliseconds(300)
+            $0.maxTextLength = 70_000
+        }) { api in
+            let f = try await api.fixture()
+            let text = String(repeating: "y", count: 60_000)
+            for i in 0..<150 { _ = try await api.say(text, in: f.conversationID, as: f.admin, id: "b-\(i)") }
+            let stalled = try await StalledSocket.connect(port: api.port, path: "/v1/events?since=0", token: f.member.token)
+            let start = ContinuousClock.now
+            while api.app.bus.connectionCount > 0 {
+                try #require(start.duration(to: .now) < .seconds(10), "the stalled replay was never dropped")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            // The server closed it (drain waits for that); what arrived is an in-order prefix.
+            let (texts, _) = try await stalled.drain()
+            let ids = texts.compactMap { t -> String? in
+                guard let frame = try? JSONSerialization.jsonObject(with: Data(t.utf8)) as? [String: Any],
+                      frame["event"] as? String == "message.created" else { return nil }
+                return (frame["data"] as? [String: Any])?["id"] as? String
+            }
+            #expect(ids == (0..<ids.count).map { "b-\($0)" })
+        }
+    }
+
+    /// A member's socket stops reading while the group is busy. The server keeps at most a
+    /// channel's high-water mark for it, closes it once it is further behind than the bus's
+    /// window, and others keep receiving meanwhile; reconnecting from the last cursor it got
+    /// yields exactly the rest.
+    @Test(arguments: Backend.all)
+    func aStalledReaderIsClosedAndResumesExactly(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: {
+            $0.realtime.window = 20
+            $0.realtime.closeTimeout = .milliseconds(500)
+            $0.maxTextLength = 40_000
+        }) { api in
+            let f = try await api.fixture()
+            let fast = try await api.feed(f.owner)
+            _ = try await fast.next()
+            let stalled = try await StalledSocket.connect(port: api.port, path: "/v1/events", token: f.member.token)
+            while api.app.bus.connectionCount < 2 { try await Task.sleep(for: .milliseconds(10)) }
+
+            // Big messages fill the socket's buffers quickly; keep going until the server lets go.
+            let text = String(repeating: "x", count: 30_000)
+            var sent: [String] = []
+            while api.app.bus.connectionCount > 1 {
+                try #require(sent.count < 1000, "the stalled connection was never closed")
+                for _ in 0..<10 {
+                    let id = "m-\(sent.count)"
+                    _ = try await api.say(text, in: f.conversationID, as: f.admin, id: id)
+                    sent.append(id)
+                }
+            }
+            // The reader that kept reading got everything, in order.
+            var fastIDs: [String] = []
+            while fastIDs.count < sent.count {
+                let e = try await fast.next()
+                if e["event"] as? String == "message.created", let id = (e["data"] as? [String: Any])?["id"] as? String {
+                    fastIDs.append(id)
+                }
+            }
+            #expect(fastIDs == sent)
+
+            // The stalled one got an in-order prefix, then the connection ended (with 4000
+            // when the close frame fit through).
+            let (texts, code) = try await stalled.drain()
+            #expect(code == nil || code == 4000)
+            var cursor = 0
+            var got: [String] = []
+            for t in texts {
+                let frame = try #require(try JSONSerialization.jsonObject(with: Data(t.utf8)) as? [String: Any])
+                guard frame["type"] as? String == "event" else { continue }
+                let c = try #require(frame["cursor"] as? Int)
+                #expect(c > cursor)
+                cursor = c
+                if frame["event"] as? String == "message.created", let id = (frame["data"] as? [String: Any])?["id"] as? String {
+                    got.append(id)
+                }
+            }
+            #expect(got.count < sent.count - 20, "it fell more than the window behind")
+            #expect(got == Array(sent.prefix(got.count)))
+
+            // Resuming from the last cursor it saw delivers exactly the rest.
+            let resumed = try await api.feed(f.member, since: Int64(cursor))
+            _ = try await resumed.next()
+            var rest: [String] = []
+            while got.count + rest.count < sent.count {
+                let e = try await resumed.next()
+                if e["event"] as? String == "message.created", let id = (e["data"] as? [String: Any])?["id"] as? String {
+                    rest.append(id)
+                }
+            }
+            #expect(got + rest == sent)
+            await resumed.close()
+            await fast.close()
+            await stalled.close()
         }
     }
 }

@@ -1,0 +1,214 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOWebSocket
+
+/// A WebSocket text frame as it goes on the wire from a server (unmasked, no extensions), so one
+/// encoding serves every connection.
+enum WireFrame {
+    static func text(_ payload: ByteBuffer) -> ByteBuffer {
+        frame(opcode: 0x1, payload)
+    }
+
+    static let ping = frame(opcode: 0x9, ByteBuffer())
+
+    static func close(code: UInt16, reason: String) -> ByteBuffer {
+        var payload = ByteBuffer()
+        payload.writeInteger(code)
+        payload.writeString(reason)
+        return frame(opcode: 0x8, payload)
+    }
+
+    private static func frame(opcode: UInt8, _ payload: ByteBuffer) -> ByteBuffer {
+        let n = payload.readableBytes
+        var out = ByteBufferAllocator().buffer(capacity: n + 10)
+        out.writeInteger(0x80 | opcode)  // FIN
+        if n < 126 {
+            out.writeInteger(UInt8(n))
+        } else if n <= Int(UInt16.max) {
+            out.writeInteger(UInt8(126))
+            out.writeInteger(UInt16(n))
+        } else {
+            out.writeInteger(UInt8(127))
+            out.writeInteger(UInt64(n))
+        }
+        var p = payload
+        out.writeBuffer(&p)
+        return out
+    }
+}
+
+/// A `/v1/events` connection that has caught up. The bus writes the already-encoded frames of
+/// new events straight to its socket on the channel's event loop: no task wakes per connection
+/// per event, no per-connection encoding, and whatever the bus hands over in one go leaves in one
+/// flush.
+///
+/// `cursor`, `ending` and the wire's context are only touched on the channel's event loop; that
+/// is the invariant that makes the unchecked `Sendable` sound.
+final class LiveFeed: @unchecked Sendable {
+    let user: String
+    let wire: FeedWire
+    let audiences: NIOLockedValueBox<Audiences>
+    let closeTimeout: TimeAmount
+    /// The last event this connection has been handed (written, or skipped as not its audience).
+    private var cursor: Int64 = 0
+    /// Until the replay through the socket's writer is done, the bus only pings and sends
+    /// ephemeral frames.
+    private var replaying = true
+    private var ending = false
+
+    init(user: String, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, closeTimeout: TimeAmount) {
+        self.user = user
+        self.wire = wire
+        self.audiences = audiences
+        self.closeTimeout = closeTimeout
+    }
+
+    /// Ends the replay at `cursor`: from here the bus writes everything after it.
+    func goLive(from cursor: Int64, bus: EventBus) async {
+        try? await eventLoop.submit {
+            self.cursor = cursor
+            self.replaying = false
+            bus.pushPending(self)
+        }.get()
+    }
+
+    /// Closes from the connection's task (the replay), the same way the bus does.
+    func end(code: UInt16, reason: String) async {
+        try? await eventLoop.submit { self.end(code: code, reason: reason) }.get()
+    }
+
+    var eventLoop: any EventLoop { wire.eventLoop }
+
+    /// Writes what this connection has not had yet. `batch` holds the events after `batchBase`,
+    /// the common case; a connection elsewhere (it was not writable a moment ago) reads the
+    /// bus's window. Writes stop when the channel stops being writable, so what waits in memory
+    /// for a slow reader is bounded by the channel's high-water mark plus one frame; the
+    /// connection resumes when the channel drains or, if the window has moved past it by then,
+    /// is told to resume from its cursor.
+    func push(batch: ArraySlice<FeedEvent>, batchBase: Int64, windowBase: Int64, bus: EventBus) {
+        eventLoop.preconditionInEventLoop()
+        guard !ending, !replaying else { return }
+        // Checked even when the channel cannot take writes: a reader that stopped reading must
+        // not hold its place for ever.
+        guard cursor >= windowBase else { return end(code: FeedCloseCode.resume, reason: "resume from your cursor") }
+        var wrote = false
+        defer { if wrote { wire.flush() } }
+        while wire.isWritable {
+            let events: ArraySlice<FeedEvent>
+            var more = false
+            if cursor == batchBase, !batch.isEmpty {
+                events = batch
+            } else {
+                switch bus.window(after: cursor, limit: Self.chunk) {
+                case .events(let e):
+                    if e.isEmpty { return }
+                    events = e[...]
+                    more = e.count == Self.chunk
+                case .behind:
+                    return end(code: FeedCloseCode.resume, reason: "resume from your cursor")
+                }
+            }
+            for e in events {
+                guard wire.isWritable else { return }
+                if case .userDeleted(let u)? = e.change, u == user { return end(code: FeedCloseCode.accountDeleted, reason: "account deleted") }
+                let visible = audiences.withLockedValue { a -> Bool in
+                    if let c = e.change { a.before(c) }
+                    let visible = a.contains(e.audience)
+                    if let c = e.change { a.after(c) }
+                    return visible
+                }
+                if visible {
+                    wire.write(e.wire)
+                    wrote = true
+                }
+                cursor = e.seq
+            }
+            if !more { return }
+        }
+    }
+
+    static let chunk = 1000
+
+    /// A frame that is never stored (typing, presence); dropped for a connection that cannot
+    /// take it now, as a missed typing notice is harmless and presence is re-read on resume.
+    func send(ephemeral wireFrame: ByteBuffer, audience: String, except: String?) {
+        eventLoop.preconditionInEventLoop()
+        guard !ending, wire.isWritable, except != user, audiences.withLockedValue({ $0.contains(audience) }) else { return }
+        wire.write(wireFrame)
+        wire.flush()
+    }
+
+    /// Pings, or ends a connection that has been silent since `silentSince`.
+    func heartbeat(silentSince: NIODeadline) {
+        eventLoop.preconditionInEventLoop()
+        guard !ending else { return }
+        guard wire.lastRead >= silentSince else {
+            return end(code: FeedCloseCode.resume, reason: "no answer to pings")
+        }
+        wire.write(WireFrame.ping)
+        wire.flush()
+    }
+
+    /// Sends the close frame (after whatever is still queued) and drops the connection if the
+    /// client has not completed the close by the timeout: a reader that stopped reading never
+    /// will. The connection's task ends when the socket does.
+    private func end(code: UInt16, reason: String) {
+        guard !ending else { return }
+        ending = true
+        wire.write(WireFrame.close(code: code, reason: reason))
+        wire.flush()
+        wire.close(after: closeTimeout)
+    }
+}
+
+/// Sits next to the socket in a live feed's pipeline: the bus writes encoded frames through it
+/// (past the WebSocket encoder, which has nothing left to do for them); it tells the bus when
+/// the channel can take writes again after a slow reader caught up, and when the client last
+/// sent anything, for heartbeats.
+///
+/// Only valid without WebSocket extensions: a negotiated extension (compression) would have to
+/// transform every frame. The server negotiates none.
+final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
+    typealias InboundIn = NIOAny
+    typealias OutboundOut = ByteBuffer
+    let eventLoop: any EventLoop
+    private var context: ChannelHandlerContext?
+    var onWritable: (@Sendable () -> Void)?
+    /// When the client last sent anything (a pong counts).
+    private(set) var lastRead = NIODeadline.now()
+
+    init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    /// Puts the wire right below the WebSocket encoder: its writes skip the encoder but still go
+    /// through anything nearer the socket (TLS, were the server to terminate it itself).
+    func install(in channel: any Channel) throws {
+        let pipeline = channel.pipeline.syncOperations
+        if let encoder = try? pipeline.handler(type: WebSocketFrameEncoder.self) {
+            try pipeline.addHandler(self, position: .before(encoder))
+        } else {
+            try pipeline.addHandler(self, position: .first)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastRead = .now()
+        context.fireChannelRead(data)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+
+    func write(_ bytes: ByteBuffer) { context?.write(wrapOutboundOut(bytes), promise: nil) }
+    func flush() { context?.flush() }
+    func close(after delay: TimeAmount) {
+        guard let channel = context?.channel else { return }
+        eventLoop.scheduleTask(in: delay) { channel.close(promise: nil) }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { onWritable?() }
+        context.fireChannelWritabilityChanged()
+    }
+}
