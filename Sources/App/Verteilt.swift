@@ -12,6 +12,7 @@ import HummingbirdWebSocket
 import Pages
 import Realtime
 import Seen
+import ServiceLifecycle
 import ServiceKit
 import Storage
 import Threads
@@ -86,6 +87,9 @@ public struct Verteilt: Sendable {
             return ["status": "ok"]
         }
 
+        // Shut down in reverse: the workers, bus and presence stop before the database closes.
+        var services: [any Service] = [db.lifecycle, bus, presence]
+        if config.workers.enabled { services.append(workflows) }
         var app = Application(
             router: router,
             server: .http1WebSocketUpgrade(
@@ -94,8 +98,7 @@ public struct Verteilt: Sendable {
                 configuration: .init(ws: .init(maxFrameSize: 1 << 16, autoPing: .disabled)),
                 shouldUpgrade: realtime.shouldUpgrade),
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "verteilt"),
-            // Shut down in reverse: the bus and presence stop before the database closes.
-            services: [db.lifecycle, bus, presence] + (config.workers.enabled ? [workflows] : []),
+            services: services,
             logger: logger)
         let log = logger
         app.beforeServerStarts {

@@ -110,7 +110,10 @@ struct RunStore: Sendable {
             "CREATE TABLE workflow_cursor (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
             // Events from before the engine existed do not start runs.
             "INSERT INTO workflow_cursor (name, seq) SELECT 'events', COALESCE(MAX(seq), 0) FROM events",
-        ])
+        ]),
+        Migration(service: "workflows", version: 2, [
+            "CREATE TABLE workflow_schedules (function_id TEXT PRIMARY KEY, last_at BIGINT NOT NULL)"
+        ]),
     ]
 
     // MARK: Dispatching events to runs
@@ -128,7 +131,7 @@ struct RunStore: Sendable {
             let cancelTypes = Set(functions.compactMap(\.cancelEvent))
             for e in events {
                 let seq = try e.int("seq"), type = try e.string("type"), payload = try e.string("payload")
-                for f in functions where f.trigger == type {
+                for f in functions where f.trigger == type && f.schedule == nil {
                     let admission: WorkflowFunction.Admission?
                     do {
                         admission = try f.admit(payload, seq)

@@ -119,6 +119,7 @@ public final class WorkflowEngine: Service, Sendable {
         await withDiscardingTaskGroup { runs in
             for await _ in wakeStream {
                 do {
+                    if try await store.fireSchedules(ordered, now: clock.now()) { try? await db.notify(Self.channel, payload: "") }
                     while true {
                         let (count, runnable) = try await store.dispatch(functions: ordered, now: clock.now())
                         if runnable { try? await db.notify(Self.channel, payload: "") }

@@ -58,6 +58,8 @@ public struct WorkflowFunction: Sendable {
     public let retries: Int
     public let backoff: Backoff
     public let timeout: Duration?
+    /// Set for functions run on a schedule rather than by events.
+    public internal(set) var schedule: CronSchedule?
     let cancelEvent: String?
     /// Decodes the trigger's payload into what the dispatcher stores with the run; nil when the
     /// filter rejects it.
