@@ -21,6 +21,8 @@ public struct MailSettings: Sendable {
     public var publicURL = "http://localhost:8080"
     /// How long a chat message may stay unread before its recipient gets the unread digest.
     public var digestDelay: Duration = .seconds(600)
+    /// Whether chat messages start unread-digest runs (which log an internal event per recipient).
+    public var unreadDigest = true
     /// How a mail that failed to send is retried.
     public var retryBackoff = Backoff(base: .seconds(5), max: .seconds(600))
     public init() {}
@@ -46,9 +48,10 @@ extension Verteilt {
         chats: any ChatsClient, seen: any SeenClient
     ) -> [WorkflowFunction] {
         let settings = EmailSettings(publicURL: config.mail.publicURL)
-        return [
-            InviteEmail.function(mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
-        ] + UnreadDigest.functions(
+        let invite = InviteEmail.function(
+            mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
+        guard config.mail.unreadDigest else { return [invite] }
+        return [invite] + UnreadDigest.functions(
             db: db, mailer: mailer, chats: chats, seen: seen, users: users, settings: settings, delay: config.mail.digestDelay)
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import PostgresNIO
 import ServiceLifecycle
@@ -10,6 +11,7 @@ public final class PostgresDatabase: Database {
     public let commits = CommitSignal()
     public let client: PostgresClient
     let logger: Logger
+    let channels = NIOLockedValueBox<[String: Channel]>([:])
 
     public init(url: String, logger: Logger) throws {
         self.client = PostgresClient(configuration: try Self.configuration(url), backgroundLogger: logger)
@@ -70,12 +72,37 @@ public final class PostgresDatabase: Database {
     public var lifecycle: any ServiceLifecycle.Service { client }
 
     public func listen(_ channel: String, _ body: @escaping @Sendable (String) async -> Void) async throws {
-        // Holds one pooled connection while it listens; a lost connection is listened again.
+        // Every listener of a channel in this process shares one LISTEN connection.
+        let id = UUID()
+        channels.withLockedValue { c in
+            c[channel, default: Channel()].listeners[id] = body
+            if c[channel]?.pump == nil { c[channel]?.pump = Task { await self.pump(channel) } }
+        }
+        try? await Task.sleep(for: .seconds(Double(Int32.max)))
+        let idle = channels.withLockedValue { c -> Task<Void, Never>? in
+            c[channel]?.listeners.removeValue(forKey: id)
+            guard c[channel]?.listeners.isEmpty == true else { return nil }
+            defer { c[channel] = nil }
+            return c[channel]?.pump
+        }
+        idle?.cancel()
+    }
+
+    struct Channel {
+        var listeners: [UUID: @Sendable (String) async -> Void] = [:]
+        var pump: Task<Void, Never>?
+    }
+
+    /// Holds one pooled connection while the channel has listeners; a lost connection is listened again.
+    private func pump(_ channel: String) async {
         while !Task.isCancelled {
             do {
                 try await client.withConnection { conn in
                     try await conn.listen(on: channel) { notifications in
-                        for try await n in notifications { await body(n.payload) }
+                        for try await n in notifications {
+                            let listeners = self.channels.withLockedValue { Array(($0[channel]?.listeners ?? [:]).values) }
+                            for l in listeners { await l(n.payload) }
+                        }
                     }
                 }
             } catch is CancellationError {
@@ -83,7 +110,7 @@ public final class PostgresDatabase: Database {
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("listen failed, retrying", metadata: ["channel": .string(channel), "error": .string("\(error)")])
-                try await Task.sleep(for: .milliseconds(500))
+                try? await Task.sleep(for: .milliseconds(500))
             }
         }
     }

@@ -264,6 +264,24 @@ struct RunStore: Sendable {
         }
     }
 
+    /// Whether the log has events not yet dispatched, or a run is due (or its worker died).
+    func hasWork(now: Timestamp) async throws -> Bool {
+        try await db.read { conn in
+            let row = try await conn.first(
+                """
+                SELECT (SELECT seq FROM workflow_cursor WHERE name = 'events') AS cursor,
+                       (SELECT COALESCE(MAX(seq), 0) FROM events) AS head,
+                       (SELECT MIN(run_at) FROM workflow_runs WHERE status IN ('queued', 'sleeping', 'waiting')) AS due,
+                       (SELECT MIN(locked_until) FROM workflow_runs WHERE status = 'running') AS lease
+                """)
+            guard let row else { return true }
+            if try row.int("head") > row.int("cursor") { return true }
+            if let due = try row.optionalTimestamp("due"), due <= now { return true }
+            if let lease = try row.optionalTimestamp("lease"), lease < Timestamp.now() { return true }
+            return false
+        }
+    }
+
     /// Extends the lease; false when the run is no longer this worker's.
     func heartbeat(run: String, worker: String, lease: Duration) async throws -> Bool {
         try await db.write { tx in

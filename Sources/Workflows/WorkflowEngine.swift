@@ -20,8 +20,10 @@ public final class WorkflowEngine: Service, Sendable {
     }
 
     public static let migrations = RunStore.migrations
-    /// Announces runs that became due (an admin retry, a resolved wait) to every node.
-    static let channel = "verteilt_workflows"
+    var hasSchedules: Bool { ordered.contains { $0.schedule != nil } }
+    /// Announces runs that became due (an admin retry, a resolved wait) to every node: the event
+    /// log's channel, which every node already listens to (one connection, not two).
+    static let channel = EventLog.notifyChannel
 
     let store: RunStore
     let db: any Database
@@ -82,7 +84,6 @@ public final class WorkflowEngine: Service, Sendable {
         let db = self.db
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await EventLog.watch(db, poll: self.configuration.pollInterval) { self.wake() } }
-            group.addTask { try? await db.listen(Self.channel) { _ in self.wake() } }
             group.addTask { await self.timer() }
             group.addTask { await self.loop() }
             wake()
@@ -118,6 +119,9 @@ public final class WorkflowEngine: Service, Sendable {
     private func loop() async {
         await withDiscardingTaskGroup { runs in
             for await _ in wakeStream {
+                // Most wake-ups (polls, commits of unrelated writes) find nothing to do: one cheap
+                // read decides, so idle workers do not take the write lock every second.
+                guard (try? await store.hasWork(now: clock.now())) ?? true || hasSchedules else { continue }
                 do {
                     if try await store.fireSchedules(ordered, now: clock.now()) { try? await db.notify(Self.channel, payload: "") }
                     while true {

@@ -116,6 +116,9 @@ public func withTestApp<T: Sendable>(
     // Tests sign many people up from one address; the rate-limit tests set their own budgets.
     config.users.signupPerAddress = .init(burst: 10_000, refillSeconds: 1)
     config.users.loginPerAddress = .init(burst: 10_000, refillSeconds: 1)
+    // The digest logs an internal event per chat message and recipient; tests that count log
+    // entries would see them. Its own tests turn it on.
+    config.mail.unreadDigest = false
     configure(&config)
     do {
         let app = try await Verteilt.build(config, logger: TestDatabase.logger)
