@@ -21,6 +21,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/vapor/sqlite-nio", from: "1.13.2"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        // Already in the graph (hummingbird-websocket); gzips the web app's files.
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.3.0"),
     ],
     targets: [
         .target(
@@ -94,10 +96,21 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Web",
+            dependencies: [
+                "ServiceKit", "Gateway", "Users",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+            ],
+            resources: [.copy("Static")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "App",
             dependencies: [
                 "ServiceKit", "Storage", "Gateway", "Users", "Codes", "Groups", "Messaging", "Threads", "Chats", "Seen",
-                "Invites", "Pages", "Realtime",
+                "Invites", "Pages", "Realtime", "Web",
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -169,6 +182,11 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "WebTests",
+            dependencies: ["TestSupport", "Web", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

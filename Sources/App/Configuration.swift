@@ -4,6 +4,7 @@ import Logging
 import ServiceKit
 import Realtime
 import Users
+import Web
 
 /// Everything `verteilt serve` can be told; defaults are what a newcomer gets.
 public struct AppConfiguration: Sendable {
@@ -23,15 +24,19 @@ public struct AppConfiguration: Sendable {
     public var realtime = RealtimeLimits()
     /// How long a user stays online after their last connection closes.
     public var presenceGrace: Duration = .seconds(5)
+    /// The browser app's feature switches, labels and (for development) a directory to serve.
+    public var web = WebApp.Configuration()
 
     public init() {}
 
-    /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`.
+    /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`,
+    /// `VERTEILT_WEB_ROOT`.
     public mutating func applyEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) {
         if let v = env["VERTEILT_HOST"], !v.isEmpty { host = v }
         if let v = env["VERTEILT_PORT"].flatMap(Int.init) { port = v }
         if let v = env["DATABASE_URL"], !v.isEmpty { databaseURL = v }
         if let v = env["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) { logLevel = v }
         if let v = env["BCRYPT_COST"].flatMap(UInt8.init) { bcryptCost = v }
+        if let v = env["VERTEILT_WEB_ROOT"], !v.isEmpty { web.root = v }
     }
 }

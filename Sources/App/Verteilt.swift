@@ -14,6 +14,7 @@ import ServiceKit
 import Storage
 import Threads
 import Users
+import Web
 
 /// The composition root: one database, the services on it, the gateway in front of them.
 public struct Verteilt: Sendable {
@@ -60,6 +61,9 @@ public struct Verteilt: Sendable {
             let parts = try GroupPageBuilder.parts(request.uri.queryParameters.get("fields"))
             return try await pages.page(groupID: id, caller: caller, parts: parts)
         }
+        let web = try WebApp(configuration: config.web, limits: .init(
+            maxTextLength: config.maxTextLength, maxBodySize: config.gateway.maxBodySize))
+        web.addRoutes(to: router, gateway: gateway, users: directory)
         router.get("/healthz") { _, _ in ["status": "ok"] }
         router.get("/readyz") { _, _ -> [String: String] in
             do {

@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""The web app in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven
+by selenium against a real `verteilt serve` on a temporary SQLite file and a free loopback port.
+
+Two people in two separate browsers sign up, one creates a group and an invite link, the other
+joins through it; messages appear live on the other side, unread badges count and clear, a reload
+keeps the conversation, a dropped connection (the server restarts while one browser cannot get
+back in) resumes with no lost and no doubled message, and switching micro-frontends leaves no
+stray globals or nodes. Screenshots of the main screens go to artifacts/browser/.
+
+Run by scripts/test; alone: VERTEILT_BIN=.build/debug/verteilt python3 Tests/Browser/web_test.py
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import unittest
+import urllib.request
+
+os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ARTIFACTS = os.path.join(ROOT, "artifacts", "browser")
+BIN = os.path.abspath(os.environ.get("VERTEILT_BIN") or os.path.join(ROOT, ".build", "debug", "verteilt"))
+CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver")
+WAIT = float(os.environ.get("BROWSER_TEST_WAIT", "15"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `verteilt serve` process; restartable on the same port and database."""
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.database = os.path.join(workdir, "web-test.sqlite")
+        self.log_path = os.path.join(workdir, "server.log")
+        self.process = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                [BIN, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--database", self.database,
+                 "--bcrypt-cost", "4", "--log-level", "info"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(self.database))
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start:\n" + self.log_tail())
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log_tail(self, lines=60):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+
+def new_browser(width=1280, height=900, phone=False):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}", "--lang=en-US"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver.console = []  # console lines collected so far (get_log drains the buffer)
+    if phone:  # a window cannot be narrower than 500 px: emulate the phone's viewport instead
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True})
+    return driver
+
+
+def console(driver):
+    try:
+        driver.console.extend(driver.get_log("browser"))
+    except Exception:  # noqa: BLE001 - diagnostics only
+        pass
+    return driver.console
+
+
+def js_errors(driver):
+    """Console errors that are bugs: not the network failures the scenario causes on purpose."""
+    ignore = ("Failed to load resource", "net::ERR_", "WebSocket connection to", "/api/session")
+    return [e for e in console(driver) if e["level"] == "SEVERE" and not any(s in e["message"] for s in ignore)]
+
+
+class WebAppInABrowser(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(BIN):
+            raise RuntimeError(f"no server binary at {BIN}: build with `swift build --product verteilt` or set VERTEILT_BIN")
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        cls.workdir = tempfile.mkdtemp(prefix="verteilt-web-")
+        cls.server = Server(cls.workdir)
+        cls.server.start()
+        cls.browsers = {}
+
+    @classmethod
+    def tearDownClass(cls):
+        for d in cls.browsers.values():
+            try:
+                d.quit()
+            except Exception:  # noqa: BLE001
+                pass
+        cls.server.stop()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def browser(self, name, **size):
+        if name not in self.browsers:
+            self.browsers[name] = new_browser(**size)
+        return self.browsers[name]
+
+    def wait(self, driver, condition, what, timeout=WAIT):
+        try:
+            return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
+        except TimeoutException:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what} (at {driver.current_url})") from None
+
+    def shot(self, driver, name):
+        driver.save_screenshot(os.path.join(ARTIFACTS, f"{name}.png"))
+
+    def el(self, driver, css):
+        return driver.find_element(By.CSS_SELECTOR, css)
+
+    def visible(self, driver, css):
+        def check(d):
+            found = [e for e in d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
+            return found[0] if found else False
+        return self.wait(driver, check, f"{css} visible")
+
+    def fill(self, driver, css, text):
+        field = self.visible(driver, css)
+        field.clear()
+        field.send_keys(text)
+        return field
+
+    def state(self, driver):
+        return driver.execute_script("return window.verteilt && window.verteilt.state")
+
+    def texts(self, driver):
+        return driver.execute_script(
+            "return [...document.querySelectorAll('#message-list article.msg:not(.pending) .text')].map(e => e.textContent)")
+
+    def badge(self, driver, css):
+        return driver.execute_script(
+            "const b = document.querySelector(arguments[0] + ' .badge'); return b && !b.hidden ? Number(b.dataset.count) : 0", css)
+
+    def sign_up(self, driver, first, email, password="correct horse battery"):
+        self.fill(driver, "#signup-first_name", first)
+        self.fill(driver, "#signup-email", email)
+        self.fill(driver, "#signup-password", password)
+        self.el(driver, "#signup-form button[type=submit]").click()
+
+    def send(self, driver, text):
+        box = self.visible(driver, "#composer-text")
+        for i, line in enumerate(text.split("\n")):
+            if i:
+                box.send_keys(Keys.SHIFT, Keys.ENTER)  # Shift+Enter: a new line, not a send
+            box.send_keys(line)
+        box.send_keys(Keys.ENTER)
+        self.wait(driver, lambda d: text in self.texts(d), f"own message {text!r} confirmed")
+
+    def diagnose(self):
+        """On failure: what each browser showed and logged, and what the server logged."""
+        print("\n======== diagnostics ========", file=sys.stderr)
+        for name, d in self.browsers.items():
+            try:
+                self.shot(d, f"failure-{name}")
+                print(f"--- {name}: {d.current_url} state={self.state(d)}", file=sys.stderr)
+                print(d.execute_script("return document.getElementById('app')?.innerText?.slice(0, 1500)"), file=sys.stderr)
+            except Exception as e:  # noqa: BLE001
+                print(f"--- {name}: cannot inspect ({e})", file=sys.stderr)
+            for entry in console(d)[-40:]:
+                print(f"  [{name} console {entry['level']}] {entry['message']}", file=sys.stderr)
+        print("--- server log (tail) ---\n" + self.server.log_tail(), file=sys.stderr)
+
+    # ---- the scenario -------------------------------------------------------------------------
+    def test_two_people_chat_through_an_invite(self):
+        try:
+            self.scenario()
+        except BaseException:
+            traceback.print_exc()
+            self.diagnose()
+            raise
+
+    def scenario(self):
+        base = self.server.url
+        suffix = str(int(time.time() * 1000))
+        ada = self.browser("ada")
+        bob = self.browser("bob", width=390, height=844, phone=True)
+
+        # A deep link while signed out lands on the login form, remembering where it was going.
+        ada.get(base + "/groups")
+        self.wait(ada, lambda d: "/account/login" in d.current_url, "redirect to login")
+        self.assertIn("next=%2Fgroups", ada.current_url)
+        self.visible(ada, "#login-email")
+        self.shot(ada, "01-login")
+
+        # Sign-up: the server's error appears next to the field it names, and clears on retry.
+        self.el(ada, "#login-form a[href^='/account/signup']").click()
+        self.visible(ada, "#signup-first_name")
+        self.sign_up(ada, "Ada", f"ada-{suffix}@example.com", password="short")
+        err = self.wait(ada, lambda d: self.el(d, "#signup-password-error").text, "password error")
+        self.assertIn("8 characters", err)
+        self.assertEqual(self.el(ada, "#signup-password").get_attribute("aria-invalid"), "true")
+        self.shot(ada, "02-signup-error")
+        self.fill(ada, "#signup-password", "correct horse battery")
+        self.el(ada, "#signup-form button[type=submit]").click()
+        self.wait(ada, lambda d: d.current_url.endswith("/groups"), "signed in, at /groups")
+        self.visible(ada, "#new-group-name")
+        self.assertEqual(self.el(ada, "#signup-password-error").text if ada.find_elements(By.CSS_SELECTOR, "#signup-password-error") else "", "")
+
+        # Ada creates a group (it starts with a "General" conversation) and an invite link.
+        self.fill(ada, "#new-group-name", "Friends")
+        self.el(ada, "#new-group-form button[type=submit]").click()
+        self.wait(ada, lambda d: "/groups/" in d.current_url, "group page")
+        group_id = ada.current_url.rstrip("/").split("/")[-1]
+        general = self.visible(ada, "a[data-conversation-id]")
+        conversation_id = general.get_attribute("data-conversation-id")
+        self.assertIn("General", general.text)
+        self.el(ada, "#invite-panel summary").click()
+        self.visible(ada, "#create-link").click()
+        link = self.wait(ada, lambda d: self.el(d, "#invite-link").get_attribute("value"), "invite link")
+        self.assertTrue(link.startswith(base + "/invite/"), link)
+        self.shot(ada, "03-group-with-invite")
+
+        # Bob opens the link signed out: a preview, then sign-up, then back to the invite, join.
+        bob.get(link)
+        self.wait(bob, lambda d: "Friends" in self.el(d, "#invite-title").text, "invite preview")
+        self.assertIn("Ada", self.el(bob, "#invite-text").text)
+        self.shot(bob, "04-invite-preview-phone")
+        self.visible(bob, "#invite-signup").click()
+        self.visible(bob, "#signup-first_name")
+        self.sign_up(bob, "Bob", f"bob-{suffix}@example.com")
+        self.wait(bob, lambda d: "/invite/" in d.current_url, "back at the invite after sign-up")
+        self.visible(bob, "#invite-accept").click()
+        self.wait(bob, lambda d: d.current_url.endswith(f"/groups/{group_id}"), "joined: group page")
+        self.visible(bob, f"a[data-conversation-id='{conversation_id}']")
+
+        # Ada opens the conversation and writes; Bob, on the group page, sees the badges count.
+        self.el(ada, f"a[data-conversation-id='{conversation_id}']").click()
+        self.wait(ada, lambda d: d.current_url.endswith(f"/{conversation_id}"), "conversation open")
+        self.wait(ada, lambda d: self.state(d)["realtime"] == "live", "ada live")
+        self.wait(bob, lambda d: self.state(d)["realtime"] == "live", "bob live")
+        self.send(ada, "Hello Bob")
+        self.send(ada, "Are you there?")
+        self.wait(bob, lambda d: self.badge(d, f"a[data-conversation-id='{conversation_id}']") == 2,
+                  "bob's conversation badge counts 2")
+        self.shot(bob, "05-unread-badge-phone")
+
+        # Bob opens it: both messages, the badge clears; his answer appears live at Ada's.
+        self.el(bob, f"a[data-conversation-id='{conversation_id}']").click()
+        self.wait(bob, lambda d: self.texts(d)[-2:] == ["Hello Bob", "Are you there?"], "bob sees both")
+        self.wait(bob, lambda d: self.badge(d, f"a[data-conversation-id='{conversation_id}']") == 0, "badge cleared")
+        composer_before = ada.execute_script("return document.getElementById('composer').getBoundingClientRect().toJSON()")
+        list_before = ada.execute_script("return document.getElementById('message-list').getBoundingClientRect().toJSON()")
+        self.send(bob, "Hi Ada!\nYes, here.")
+        self.wait(ada, lambda d: self.texts(d)[-1:] == ["Hi Ada!\nYes, here."], "ada sees bob's answer live")
+        # No layout jump: the composer and the list stay where they were.
+        self.assertEqual(composer_before, ada.execute_script("return document.getElementById('composer').getBoundingClientRect().toJSON()"))
+        self.assertEqual(list_before, ada.execute_script("return document.getElementById('message-list').getBoundingClientRect().toJSON()"))
+        self.shot(ada, "06-conversation")
+        self.shot(bob, "07-conversation-phone")
+
+        # A reload keeps the conversation, and Bob's read mark (no badge for what he saw).
+        expected = ["Hello Bob", "Are you there?", "Hi Ada!\nYes, here."]
+        ada.refresh()
+        self.wait(ada, lambda d: self.texts(d) == expected, "ada's conversation after reload")
+        bob.get(f"{base}/groups/{group_id}")
+        self.visible(bob, f"a[data-conversation-id='{conversation_id}']")
+        time.sleep(0.3)
+        self.assertEqual(self.badge(bob, f"a[data-conversation-id='{conversation_id}']"), 0)
+        bob.get(f"{base}/groups/{group_id}/{conversation_id}")
+        self.wait(bob, lambda d: self.texts(d) == expected, "bob's conversation after reload")
+
+        # A dropped connection: the server restarts while Ada cannot get back in (her ticket
+        # requests are blocked); Bob reconnects and writes; once Ada is let back in she resumes
+        # from her cursor and gets every message once, in order.
+        self.wait(ada, lambda d: self.state(d)["realtime"] == "live", "ada live before the drop")
+        ada.execute_cdp_cmd("Network.enable", {})
+        ada.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*streams/Token*"]})
+        cursor_before = self.state(ada)["cursor"]
+        self.server.stop()
+        self.server.start()
+        self.wait(ada, lambda d: self.state(d)["realtime"] == "reconnecting", "ada notices the drop")
+        self.assertIn("Reconnecting", self.el(ada, "#connection").text)
+        self.shot(ada, "08-reconnecting")
+        self.wait(bob, lambda d: self.state(d)["realtime"] == "live", "bob back after the restart", timeout=30)
+        missed = ["While you were away 1", "While you were away 2", "While you were away 3"]
+        for text in missed:
+            self.send(bob, text)
+        time.sleep(0.5)
+        self.assertNotIn(missed[0], self.texts(ada), "ada cannot have them yet")
+        ada.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        self.wait(ada, lambda d: self.state(d)["realtime"] == "live", "ada reconnected", timeout=30)
+        self.wait(ada, lambda d: self.texts(d) == expected + missed, "ada has every missed message once, in order")
+        self.assertGreater(self.state(ada)["cursor"], cursor_before)
+
+        # Switching micro-frontends leaves no stray globals or nodes behind.
+        footprint = """return {
+            globals: Object.getOwnPropertyNames(window).sort(),
+            mfNodes: [...document.querySelectorAll('[data-mf]')].map(n => n.tagName + ':' + n.dataset.mf).sort(),
+            head: document.head.children.length, body: document.body.children.length,
+            chatHandle: typeof window.verteiltChat }"""
+        self.el(ada, "nav a[href='/settings']").click()
+        self.wait(ada, lambda d: self.state(d)["microFrontend"] == "settings", "settings loaded")
+        self.visible(ada, "#profile-first_name")
+        baseline = ada.execute_script(footprint)
+        self.assertEqual(baseline["chatHandle"], "undefined")
+        self.assertTrue(all(n.endswith(":settings") for n in baseline["mfNodes"]), baseline["mfNodes"])
+        for _ in range(2):
+            self.el(ada, "nav a[href='/groups']").click()
+            self.wait(ada, lambda d: self.state(d)["microFrontend"] == "chat", "chat loaded")
+            self.visible(ada, "#new-group-name")
+            in_chat = ada.execute_script(footprint)
+            self.assertEqual(in_chat["chatHandle"], "object", "the chat adds its handle while loaded")
+            self.assertFalse([n for n in in_chat["mfNodes"] if n.endswith(":settings")], in_chat["mfNodes"])
+            self.el(ada, "nav a[href='/settings']").click()
+            self.wait(ada, lambda d: self.state(d)["microFrontend"] == "settings", "settings again")
+            self.visible(ada, "#profile-first_name")
+            self.assertEqual(ada.execute_script(footprint), baseline)
+        # The back button goes back to the chat.
+        ada.back()
+        self.wait(ada, lambda d: self.state(d)["microFrontend"] == "chat", "back to chat")
+
+        # Settings: the profile saves, the sessions are listed.
+        ada.get(f"{base}/settings/profile")
+        self.fill(ada, "#profile-last_name", "Lovelace")
+        self.el(ada, "#profile-form button[type=submit]").click()
+        self.wait(ada, lambda d: self.el(d, "#profile-form .form-ok").text == "Saved.", "profile saved")
+        self.el(ada, "a[data-tab='sessions']").click()
+        self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) >= 1, "sessions listed")
+        self.shot(ada, "09-settings-sessions")
+
+        # Log out: back to the login form; the app's pages need a session again.
+        self.el(ada, "#logout-link").click()
+        self.wait(ada, lambda d: "/account/login" in d.current_url and self.state(d)["user"] is None, "logged out")
+        ada.get(f"{base}/groups/{group_id}")
+        self.wait(ada, lambda d: "/account/login" in d.current_url, "signed-out deep link goes to login")
+
+        for name, d in self.browsers.items():
+            self.assertEqual(js_errors(d), [], f"{name}: JavaScript errors")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
