@@ -26,7 +26,7 @@ import urllib.request
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -153,7 +153,9 @@ class WebAppInABrowser(unittest.TestCase):
 
     def wait(self, driver, condition, what, timeout=WAIT):
         try:
-            return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
+            # Elements are re-rendered as live data arrives: a stale or missing one means "not yet".
+            return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                                 ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(condition)
         except TimeoutException:
             raise AssertionError(f"timed out after {timeout}s waiting for: {what} (at {driver.current_url})") from None
 
@@ -185,6 +187,26 @@ class WebAppInABrowser(unittest.TestCase):
     def badge(self, driver, css):
         return driver.execute_script(
             "const b = document.querySelector(arguments[0] + ' .badge'); return b && !b.hidden ? Number(b.dataset.count) : 0", css)
+
+    def message(self, driver, text):
+        """The message element whose text is `text`."""
+        return self.wait(driver, lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#message-list article.msg')].find(a => a.querySelector('.text')?.textContent === arguments[0]) || false",
+            text), f"message {text!r}")
+
+    def act(self, driver, text, label):
+        """Presses a message's action button with the keyboard (the actions show on focus)."""
+        button = self.message(driver, text).find_element(By.XPATH, f".//div[@class='msg-actions']/button[normalize-space()='{label}' or @aria-label='{label}']")
+        driver.execute_script("arguments[0].focus()", button)
+        button.send_keys(Keys.ENTER)
+
+    def api(self, driver, method, body):
+        """A call as the browser's signed-in user (its HttpOnly session cookie as a bearer token)."""
+        token = driver.get_cookie("verteilt_session")["value"]
+        req = urllib.request.Request(f"{self.server.url}/v1/{method}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req) as r:
+            return json.load(r)
 
     def sign_up(self, driver, first, email, password="correct horse battery"):
         self.fill(driver, "#signup-first_name", first)
@@ -336,6 +358,78 @@ class WebAppInABrowser(unittest.TestCase):
         self.wait(ada, lambda d: self.state(d)["realtime"] == "live", "ada reconnected", timeout=30)
         self.wait(ada, lambda d: self.texts(d) == expected + missed, "ada has every missed message once, in order")
         self.assertGreater(self.state(ada)["cursor"], cursor_before)
+
+        # Replies, edits, reactions and deletions travel live both ways.
+        self.act(bob, "Hello Bob", "Reply to Ada")
+        self.wait(bob, lambda d: "Replying to Ada" in self.el(d, "#composer-context-text").text, "reply context")
+        self.send(bob, "Replying to your hello")
+        quote = self.wait(ada, lambda d: self.message(d, "Replying to your hello").find_elements(By.CSS_SELECTOR, ".reply-quote"), "reply quote at ada")
+        self.assertIn("Hello Bob", quote[0].text)
+        self.act(ada, "Are you there?", "Edit")
+        box = self.visible(ada, "#composer-text")
+        self.assertEqual(box.get_attribute("value"), "Are you there?")
+        box.clear()
+        box.send_keys("Are you still there?", Keys.ENTER)
+        self.wait(bob, lambda d: "(edited)" in self.message(d, "Are you still there?").text, "edit seen live by bob")
+        self.act(bob, "Hello Bob", "React with 👍")
+        self.wait(ada, lambda d: "👍 1" in self.message(d, "Hello Bob").text, "reaction seen live by ada")
+        self.send(ada, "Oops, wrong window")
+        self.wait(bob, lambda d: "Oops, wrong window" in self.texts(d), "bob sees the mistake")
+        self.act(ada, "Oops, wrong window", "Delete")
+        ada.switch_to.alert.accept()
+        self.wait(bob, lambda d: "Oops, wrong window" not in self.texts(d) and "This message was deleted." in self.texts(d),
+                  "deletion seen live by bob")
+        expected = ["Hello Bob", "Are you still there?", "Hi Ada!\nYes, here."] + missed + [
+            "Replying to your hello", "This message was deleted."]
+        self.assertEqual(self.texts(ada), expected)
+
+        # Typing shows on the other side; presence dots show who is online.
+        self.visible(bob, "#composer-text").send_keys("typing something")
+        self.wait(ada, lambda d: "Bob is typing" in self.el(d, "#typing").text, "typing indicator")
+        self.el(bob, "#composer-text").clear()
+        bob_id = self.state(bob)["user"]
+        self.wait(ada, lambda d: d.find_elements(By.CSS_SELECTOR, f".presence.online[data-user-id='{bob_id}']"), "bob online")
+
+        # Search finds messages of the group.
+        self.fill(ada, "#search-query", "away")
+        self.el(ada, "#search-form button[type=submit]").click()
+        self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#search-results li a")) == 3, "three search hits")
+
+        # Older messages load on scrolling up, and the list stays where the reader was.
+        history = self.api(ada, "threads/CreateConversation", {"group_id": group_id, "topic": "History"})["conversation"]["id"]
+        for i in range(30):
+            self.api(ada, "threads/CreateMessage", {"conversation_id": history, "text": f"Old message {i}"})
+        self.wait(ada, lambda d: d.find_elements(By.CSS_SELECTOR, f"a[data-conversation-id='{history}']"), "new conversation appears live")
+        ada.get(f"{base}/groups/{group_id}/{history}")
+        self.wait(ada, lambda d: len(self.texts(d)) == 25, "the latest 25")
+        self.assertEqual(self.texts(ada)[-1], "Old message 29")
+        self.assertTrue(ada.find_elements(By.CSS_SELECTOR, "#message-list .day"), "a day separator")
+        ada.execute_script("document.getElementById('message-list').scrollTop = 0")
+        self.wait(ada, lambda d: len(self.texts(d)) == 30, "older messages loaded")
+        self.assertEqual(self.texts(ada)[0], "Old message 0")
+        self.assertIn("beginning of the conversation", self.el(ada, "#message-list .older").text)
+        # The reader still sees what was at the top (Old message 5), not the newly loaded ones.
+        self.assertTrue(ada.execute_script(
+            "const l = document.getElementById('message-list'), box = l.getBoundingClientRect(),"
+            " r = arguments[0].getBoundingClientRect();"
+            "return l.scrollTop > 0 && r.top >= box.top && r.bottom <= box.bottom", self.message(ada, "Old message 5")),
+            "the reader's place is kept")
+
+        # A private chat: Ada opens one from the member list; Bob's chat badge counts and clears.
+        ada.get(f"{base}/groups/{group_id}")
+        self.visible(ada, "#member-list button").click()
+        self.wait(ada, lambda d: "/chats/" in d.current_url, "private chat open")
+        chat_id = ada.current_url.rstrip("/").split("/")[-1]
+        self.wait(ada, lambda d: self.state(d)["realtime"] == "live", "ada live in the chat")
+        self.send(ada, "Just between us")
+        bob.get(f"{base}/chats")
+        self.wait(bob, lambda d: self.badge(d, f"a[data-chat-id='{chat_id}']") == 1, "bob's chat badge")
+        self.el(bob, f"a[data-chat-id='{chat_id}']").click()
+        self.wait(bob, lambda d: self.texts(d) == ["Just between us"], "bob reads the private message")
+        self.wait(bob, lambda d: self.badge(d, f"a[data-chat-id='{chat_id}']") == 0, "chat badge cleared")
+        self.send(bob, "Sure")
+        self.wait(ada, lambda d: self.texts(d) == ["Just between us", "Sure"], "ada gets the private answer live")
+        self.shot(ada, "10-private-chat")
 
         # Switching micro-frontends leaves no stray globals or nodes behind.
         footprint = """return {

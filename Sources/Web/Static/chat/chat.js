@@ -22,6 +22,7 @@ function newState(ctx) {
     typing: new Map(),          // user id → timer, for the open place
     compose: null,              // { mode: 'reply'|'edit', message }
     lastTyping: 0,
+    typingTimer: null,
     unreadTimer: null,
     seenTimer: null,
     renderedDay: null,
@@ -89,6 +90,7 @@ async function loadPage(groupId) {
     S.unread.threads[t.id] = t.unread ?? 0;
     const st = store(`t:${t.id}`);
     for (const m of t.messages) st.messages.set(m.id, m);
+    st.loadedOnce = true;
     if (t.messages.length < (S.ctx.config.limits?.page_size ?? 25)) st.hasOlder = false;
   }
   for (const m of page.members) {
@@ -96,6 +98,8 @@ async function loadPage(groupId) {
     S.unread.chats[m.chat.id] = m.chat.unread ?? 0;
     const st = store(`c:${m.chat.id}`);
     for (const msg of m.chat.messages ?? []) st.messages.set(msg.id, msg);
+    st.loadedOnce = true;
+    if ((m.chat.messages ?? []).length < (S.ctx.config.limits?.page_size ?? 25)) st.hasOlder = false;
   }
   return page;
 }
@@ -385,9 +389,12 @@ async function openConversation() {
   const list = S.$('#message-list');
   S.$('#conversation-title').textContent = conversationTitle();
   S.$('#new-below').hidden = true;
-  if (S.open.kind === 'chat' && !st.loadedOnce) {
-    const { messages } = await call('chats/ListMessages', { chat_id: S.open.id, limit: 25 });
-    for (const m of messages) st.messages.set(m.id, m);
+  // A chat, or a conversation that appeared after the page was loaded: its latest messages.
+  if (!st.loadedOnce) {
+    const { messages } = S.open.kind === 'chat'
+      ? await call('chats/ListMessages', { chat_id: S.open.id, limit: 25 })
+      : await call('threads/ListMessages', { conversation_id: S.open.id, limit: 25 });
+    for (const m of messages) if (!st.messages.has(m.id)) st.messages.set(m.id, m);
     st.hasOlder = messages.length === 25;
     const chat = S.chats.find((c) => c.id === S.open.id);
     await ensureUsers([...(chat?.user_ids ?? []), ...messages.map((m) => m.author_id)]);
@@ -550,11 +557,15 @@ async function openPrivateChat(member) {
   } catch (e) { S.ctx.announce(`Could not open the chat: ${e.detail}`); }
 }
 
+/** Tells the others at most every 2 s (the server's limit); typing during the pause is sent after it. */
 function sendTyping() {
-  if (!S.open || S.ctx.config.features?.typing === false) return;
-  const now = Date.now();
-  if (now - S.lastTyping < 2000) return;
-  S.lastTyping = now;
+  if (!S.open || S.ctx.config.features?.typing === false || S.typingTimer) return;
+  const wait = S.lastTyping + 2100 - Date.now();
+  if (wait > 0) {
+    S.typingTimer = setTimeout(() => { if (S) { S.typingTimer = null; if (S.$('#composer-text').value) sendTyping(); } }, wait);
+    return;
+  }
+  S.lastTyping = Date.now();
   S.ctx.realtime.send(S.open.kind === 'thread' ? { type: 'typing', conversation_id: S.open.id } : { type: 'typing', chat_id: S.open.id });
 }
 
@@ -644,7 +655,6 @@ function listen(ctx) {
     S.conversations.set(c.group_id, list);
     if (S.page?.id === c.group_id && !S.page.threads.some((t) => t.id === c.id)) {
       S.page.threads.push({ id: c.id, topic: c.topic, unread: 0, messages: [] });
-      store(`t:${c.id}`).hasOlder = false;
       renderGroup();
     }
   });
@@ -719,7 +729,6 @@ function wire(ctx) {
         S.convGroup.set(conversation.id, S.page.id);
         if (!S.page.threads.some((t) => t.id === conversation.id)) {
           S.page.threads.push({ id: conversation.id, topic: conversation.topic, unread: 0, messages: [] });
-          store(`t:${conversation.id}`).hasOlder = false;
         }
         ctx.navigate(`/groups/${S.page.id}/${conversation.id}`);
       } catch (err) { showFormError(form, err); }
@@ -810,6 +819,9 @@ window.verteilt.register('chat', {
     try { await show(ctx); } catch (e) { failed(ctx, e); }
   },
   mount() {
+    // beforeMount rendered into a detached tree, where scrolling does nothing: start at the end now.
+    const list = S.$('#message-list');
+    if (S.open) list.scrollTop = list.scrollHeight;
     loadPresence();
   },
   async update(ctx) {
@@ -824,6 +836,7 @@ window.verteilt.register('chat', {
     S.typing.forEach((t) => clearTimeout(t));
     clearTimeout(S.unreadTimer);
     clearTimeout(S.seenTimer);
+    clearTimeout(S.typingTimer);
   },
   afterUnmount() {
     S = null;
