@@ -155,9 +155,8 @@ function updateContext(ctx, url, segments) {
 async function load(name, url, segments) {
   app.setAttribute('aria-busy', 'true');
   const source = new URL(`${name}/index.html`, base);
-  const res = await fetch(source);
-  if (!res.ok) throw new Error(`could not load ${name} (${res.status})`);
-  const doc = new DOMParser().parseFromString(await res.text(), 'text/html');
+  const html = await fetchHTML(name);
+  const doc = new DOMParser().parseFromString(html, 'text/html');
   const globals = new Set(Object.getOwnPropertyNames(window));
   const nodes = [];
   const absolute = (v) => new URL(v, source).href;
@@ -207,6 +206,20 @@ async function load(name, url, segments) {
   await hooks.mount?.(ctx);
   app.setAttribute('aria-busy', 'false');
   focusMain(container);
+}
+
+/** A micro-frontend's HTML, fetched once per page (the start fetches the likely one early). */
+const htmlFetches = new Map();
+function fetchHTML(name) {
+  if (!htmlFetches.has(name)) {
+    const request = fetch(new URL(`${name}/index.html`, base)).then((res) => {
+      if (!res.ok) throw new Error(`could not load ${name} (${res.status})`);
+      return res.text();
+    });
+    request.catch(() => htmlFetches.delete(name));
+    htmlFetches.set(name, request);
+  }
+  return htmlFetches.get(name);
 }
 
 async function unload() {
@@ -330,6 +343,9 @@ Object.defineProperty(window, 'verteilt', {
 
 // ---- start ------------------------------------------------------------------------------------
 async function start() {
+  // While config and session load, fetch the micro-frontend the URL most likely wants.
+  const likely = SECTIONS[location.pathname.split('/')[1] ?? ''];
+  if (likely) fetchHTML(likely).catch(() => {});
   const [cfg, session] = await Promise.all([
     fetch('/config.json').then((r) => (r.ok ? r.json() : {})).catch(() => ({})),
     api.page('/api/session').then((r) => r.user).catch(() => null),

@@ -69,6 +69,7 @@ async function loadGroups() {
   ]);
   S.groups = groups ?? [];
   S.unread = { threads: unread.threads ?? {}, chats: unread.chats ?? {} };
+  if (S.open) S.unread[S.open.kind === 'thread' ? 'threads' : 'chats'][S.open.id] = 0;
   S.chats = chats ?? [];
   const lists = await Promise.all(S.groups.map((g) =>
     call('threads/ListConversations', { group_id: g.id }).then((r) => r.conversations ?? []).catch(() => [])));
@@ -805,13 +806,13 @@ window.verteilt.register('chat', {
     listen(ctx);
     const [section, first] = ctx.segments;
     if (section === 'groups' && first) {
-      // The page carries the cursor it was taken at: the feed resumes from there, so nothing
-      // between the page and the connection is missed.
-      const page = loadPage(first).catch((e) => e);
-      await loadGroups();
-      const result = await page;
-      if (!(result instanceof Error)) ctx.realtime.start(result.cursor);
-      else await ctx.realtime.start();
+      // The group page comes first (one round trip) and is shown as soon as it is here; the
+      // list of all groups fills in behind it. The page carries the cursor it was taken at: the
+      // feed resumes from there, so nothing between the page and the connection is missed.
+      const groups = loadGroups().then(() => { if (S?.ctx === ctx) { renderGroups(); renderBadges(); } });
+      const page = await loadPage(first).catch((e) => e);
+      if (!(page instanceof Error)) ctx.realtime.start(page.cursor);
+      else { await ctx.realtime.start(); await groups; }
     } else {
       await ctx.realtime.start();
       await loadGroups();
