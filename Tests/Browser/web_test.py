@@ -299,6 +299,8 @@ class WebAppInABrowser(unittest.TestCase):
         self.visible(bob, "#invite-accept").click()
         self.wait(bob, lambda d: d.current_url.endswith(f"/groups/{group_id}"), "joined: group page")
         self.visible(bob, f"a[data-conversation-id='{conversation_id}']")
+        # Ada's member list shows Bob at once (member.joined, then the page's members part).
+        self.wait(ada, lambda d: "Bob" in self.el(d, "#member-list").text, "bob appears in ada's member list")
 
         # Ada opens the conversation and writes; Bob, on the group page, sees the badges count.
         self.el(ada, f"a[data-conversation-id='{conversation_id}']").click()
@@ -414,6 +416,17 @@ class WebAppInABrowser(unittest.TestCase):
             " r = arguments[0].getBoundingClientRect();"
             "return l.scrollTop > 0 && r.top >= box.top && r.bottom <= box.bottom", self.message(ada, "Old message 5")),
             "the reader's place is kept")
+
+        # The groups list counts a group's unread messages too, and clears when they are read.
+        ada.get(f"{base}/groups")
+        self.visible(ada, f"a[data-group-id='{group_id}']")
+        self.send(bob, "Anyone for lunch?")
+        self.wait(ada, lambda d: self.badge(d, f"a[data-group-id='{group_id}']") == 1, "ada's group badge counts 1")
+        self.el(ada, f"a[data-group-id='{group_id}']").click()
+        self.wait(ada, lambda d: self.badge(d, f"a[data-conversation-id='{conversation_id}']") == 1, "and its conversation 1")
+        self.el(ada, f"a[data-conversation-id='{conversation_id}']").click()
+        self.wait(ada, lambda d: "Anyone for lunch?" in self.texts(d), "ada reads it")
+        self.wait(ada, lambda d: self.badge(d, f"a[data-group-id='{group_id}']") == 0, "group badge cleared")
 
         # A private chat: Ada opens one from the member list; Bob's chat badge counts and clears.
         ada.get(f"{base}/groups/{group_id}")

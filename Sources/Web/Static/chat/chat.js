@@ -642,6 +642,23 @@ async function refreshPage() {
   }
 }
 
+/** Membership changed: only the members part of the page (`?fields=members`). */
+async function refreshMembers() {
+  if (!S.page) return;
+  const id = S.page.id;
+  try {
+    const part = await S.ctx.api.page(`/api/groups/${encodeURIComponent(id)}?fields=members`);
+    if (!S || S.page?.id !== id) return;
+    S.page.members = part.members;
+    if (part.role) S.page.role = part.role;
+    remember(part.members);
+    renderGroup();
+    loadPresence();
+  } catch (e) {
+    if (e.code === 404 && S) S.ctx.navigate('/groups');
+  }
+}
+
 function listen(ctx) {
   const rt = ctx.realtime;
   rt.on('message.created', onMessageEvent);
@@ -659,9 +676,10 @@ function listen(ctx) {
       renderGroup();
     }
   });
-  for (const e of ['conversation.updated', 'conversation.deleted', 'group.updated', 'member.role_changed']) rt.on(e, () => refreshPage());
-  rt.on('member.joined', (d) => { if (d.user_id === me()) refreshGroups(); if (S.page?.id === d.group_id) refreshPage(); });
-  rt.on('member.left', (d) => { if (d.user_id === me()) refreshGroups(); else if (S.page?.id === d.group_id) refreshPage(); });
+  for (const e of ['conversation.updated', 'conversation.deleted', 'group.updated']) rt.on(e, () => refreshPage());
+  rt.on('member.joined', (d) => { if (d.user_id === me()) refreshGroups(); if (S.page?.id === d.group_id) refreshMembers(); });
+  rt.on('member.left', (d) => { if (d.user_id === me()) refreshGroups(); else if (S.page?.id === d.group_id) refreshMembers(); });
+  rt.on('member.role_changed', (d) => { if (S.page?.id === d.group_id) refreshMembers(); });
   for (const e of ['group.created', 'group.deleted']) rt.on(e, () => refreshGroups());
   rt.on('chat.created', () => refreshChats());
   rt.on('seen.updated', () => refreshUnreadSoon());
