@@ -7,14 +7,16 @@
 //   .build/release/fanout-bench --idle 10000
 //
 // The server is a separate `verteilt serve` process (the release binary beside this one), so its
-// RSS is its own. Latency is taken from the send time written into each message to its arrival.
+// RSS and CPU time are its own. Latency is taken from the send time written into each message to
+// its arrival, recorded in an HdrHistogram. The clients are plain NIO channel handlers that parse
+// WebSocket frames themselves: on two shared cores the harness must cost less than the server.
 import Foundation
+import Histogram
 import HTTPTypes
 import HummingbirdTesting
-import HummingbirdWSClient
-import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,6 +24,7 @@ import Glibc
 struct Options {
     var clients = 1000
     var rate = 100.0
+    var senders = 1
     var seconds = 10.0
     var idle: Int?
     var port = 18282
@@ -33,6 +36,7 @@ struct Options {
             switch a {
             case "--clients": clients = Int(args.next()!)!
             case "--rate": rate = Double(args.next()!)!
+            case "--senders": senders = Int(args.next()!)!
             case "--seconds": seconds = Double(args.next()!)!
             case "--idle": idle = Int(args.next()!)!
             case "--port": port = Int(args.next()!)!
@@ -58,17 +62,39 @@ func rssKiB(_ pid: Int32) -> Int {
     return 0
 }
 
+/// CPU seconds (user + system) a process has used so far.
+func cpuSeconds(_ pid: Int32) -> Double {
+    guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = s.lastIndex(of: ")") else { return 0 }
+    let fields = s[s.index(after: close)...].split(separator: " ")
+    // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
+    return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
 func nanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
+/// Send-to-delivery latencies in an HdrHistogram (microseconds, 3 significant digits).
 final class Stats: Sendable {
-    private let state = NIOLockedValueBox<(latencies: [UInt64], delivered: Int)>(([], 0))
-    func record(_ ns: UInt64) { state.withLockedValue { $0.latencies.append(ns); $0.delivered += 1 } }
+    private let state = NIOLockedValueBox<(histogram: Histogram<UInt64>, delivered: Int, last: UInt64)>(
+        (Histogram(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three), 0, 0))
+    func record(sentAt: UInt64) {
+        let now = nanos()
+        state.withLockedValue {
+            _ = $0.histogram.record((now &- sentAt) / 1000)
+            $0.delivered += 1
+            $0.last = now
+        }
+    }
     var delivered: Int { state.withLockedValue { $0.delivered } }
+    var lastDelivery: UInt64 { state.withLockedValue { $0.last } }
+    /// p50, p99, p99.9 and max in milliseconds.
     func percentiles() -> (Double, Double, Double, Double) {
-        let l = state.withLockedValue { $0.latencies }.sorted()
-        guard !l.isEmpty else { return (0, 0, 0, 0) }
-        func p(_ q: Double) -> Double { Double(l[min(l.count - 1, Int(Double(l.count) * q))]) / 1e6 }
-        return (p(0.5), p(0.99), p(0.999), Double(l.last!) / 1e6)
+        state.withLockedValue { s in
+            let h = s.histogram
+            return (Double(h.valueAtPercentile(50)) / 1000, Double(h.valueAtPercentile(99)) / 1000,
+                    Double(h.valueAtPercentile(99.9)) / 1000, Double(h.max) / 1000)
+        }
     }
 }
 
@@ -107,8 +133,6 @@ for _ in 0..<200 {
 }
 let baseRSS = rssKiB(server.processIdentifier)
 
-var logger = Logger(label: "fanout")
-logger.logLevel = .critical
 let users = try await (0..<max(1, min(options.idle ?? options.clients, 50))).asyncMap { i in
     try await http(options.port, "/v1/users/Create", [
         "first_name": "U\(i)", "email": "u\(i)-\(UUID().uuidString.prefix(6))@bench.test", "password": "benchmark-password",
@@ -125,32 +149,76 @@ let conversationID = (conv["conversation"] as! [String: Any])["id"] as! String
 
 let stats = Stats()
 let connected = NIOLockedValueBox(0)
-let stop = NIOLockedValueBox(false)
 let count = options.idle ?? options.clients
 let marker = Array("\"text\":\"t=".utf8)
 
-// N clients, each its own WebSocket; they parse only what they must.
-let clientTasks = (0..<count).map { i in
-    Task {
-        var config = WebSocketClientConfiguration()
-        config.additionalHeaders = [.authorization: "Bearer \(users[i % users.count])"]
-        config.autoPing = .disabled
-        _ = try? await WebSocketClient.connect(url: "ws://127.0.0.1:\(options.port)/v1/events", configuration: config, logger: logger) {
-            inbound, _, _ in
+/// One client socket: upgrades, then parses server frames (unmasked) straight from the bytes.
+final class FeedClient: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let token: String
+    let port: Int
+    var buffer = ByteBuffer()
+    var upgraded = false
+
+    init(token: String, port: Int) {
+        self.token = token
+        self.port = port
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let request = "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer \(token)\r\n\r\n"
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        buffer.writeBuffer(&incoming)
+        if !upgraded {
+            let view = buffer.readableBytesView
+            guard let end = view.firstRange(of: [13, 10, 13, 10]) else { return }
+            buffer.moveReaderIndex(to: end.upperBound)
+            upgraded = true
             connected.withLockedValue { $0 += 1 }
-            for try await frame in inbound {
-                if stop.withLockedValue({ $0 }) { break }
-                let bytes = Array(buffer: frame.data)
-                guard let r = bytes.firstRange(of: marker) else { continue }
+        }
+        while let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) {
+            var offset = 2
+            var length = Int(second & 0x7f)
+            if length == 126 {
+                guard let l = buffer.getInteger(at: buffer.readerIndex + 2, as: UInt16.self) else { break }
+                length = Int(l)
+                offset = 4
+            } else if length == 127 {
+                guard let l = buffer.getInteger(at: buffer.readerIndex + 2, as: UInt64.self) else { break }
+                length = Int(l)
+                offset = 10
+            }
+            guard buffer.readableBytes >= offset + length else { break }
+            let start = buffer.readerIndex + offset
+            let view = buffer.readableBytesView[start..<(start + length)]
+            if let r = view.firstRange(of: marker) {
                 var v: UInt64 = 0
-                for b in bytes[r.upperBound...] {
+                for b in view[r.upperBound...] {
                     guard b >= 48 && b <= 57 else { break }
                     v = v * 10 + UInt64(b - 48)
                 }
-                stats.record(nanos() &- v)
+                stats.record(sentAt: v)
             }
+            buffer.moveReaderIndex(forwardBy: offset + length)
         }
+        buffer.discardReadBytes()
     }
+}
+
+// N clients, each its own WebSocket.
+let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+var channels: [any Channel] = []
+for i in 0..<count {
+    let token = users[i % users.count]
+    channels.append(try await ClientBootstrap(group: clientGroup)
+        .channelInitializer { $0.pipeline.addHandler(FeedClient(token: token, port: options.port)) }
+        .connect(host: "127.0.0.1", port: options.port).get())
 }
 while connected.withLockedValue({ $0 }) < count {
     try await Task.sleep(for: .milliseconds(100))
@@ -161,29 +229,40 @@ if options.idle != nil {
     let rss = rssKiB(server.processIdentifier)
     print("| \(count) idle connections | server RSS \(baseRSS / 1024) MiB before, \(rss / 1024) MiB after | \(String(format: "%.1f", Double(rss - baseRSS) / Double(count))) KiB per connection |")
 } else {
-    // The sender: a fixed rate through the HTTP API, each message carrying its send time.
+    // The senders: a fixed overall rate through the HTTP API, each message carrying its send time.
     let total = Int(options.rate * options.seconds)
     let start = ContinuousClock.now
-    let senderClient = TestClient(host: "127.0.0.1", port: options.port, configuration: .init(timeout: .seconds(30)))
-    senderClient.connect()
-    for i in 0..<total {
-        try await Task.sleep(until: start.advanced(by: .seconds(Double(i) / options.rate)), clock: .continuous)
-        let body = try JSONSerialization.data(withJSONObject: ["conversation_id": conversationID, "text": "t=\(nanos())"])
-        _ = try await senderClient.execute(.init("/v1/threads/CreateMessage", method: .post,
-            headers: [.authorization: "Bearer \(sender)", .contentType: "application/json"], body: ByteBuffer(bytes: body)))
+    let startNanos = nanos()
+    let cpuBefore = cpuSeconds(server.processIdentifier)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for s in 0..<options.senders {
+            group.addTask {
+                let client = TestClient(host: "127.0.0.1", port: options.port, configuration: .init(timeout: .seconds(30)))
+                client.connect()
+                defer { Task { try? await client.shutdown() } }
+                for i in stride(from: s, to: total, by: options.senders) {
+                    try await Task.sleep(until: start.advanced(by: .seconds(Double(i) / options.rate)), clock: .continuous)
+                    let body = try JSONSerialization.data(withJSONObject: ["conversation_id": conversationID, "text": "t=\(nanos())"])
+                    _ = try await client.execute(.init("/v1/threads/CreateMessage", method: .post,
+                        headers: [.authorization: "Bearer \(users[s % users.count])", .contentType: "application/json"],
+                        body: ByteBuffer(bytes: body)))
+                }
+            }
+        }
+        try await group.waitForAll()
     }
+    let sendSeconds = Double(nanos() - startNanos) / 1e9
     let sendDone = ContinuousClock.now
     let expected = total * count
     while stats.delivered < expected && sendDone.duration(to: .now) < .seconds(30) {
         try await Task.sleep(for: .milliseconds(50))
     }
-    let elapsed = start.duration(to: .now)
-    let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    let seconds = Double(stats.lastDelivery - startNanos) / 1e9
+    let serverCPU = cpuSeconds(server.processIdentifier) - cpuBefore
     let (p50, p99, p999, max) = stats.percentiles()
     let rss = rssKiB(server.processIdentifier)
-    print("| \(count) | \(Int(options.rate)) msg/s | \(stats.delivered)/\(expected) | \(String(format: "%.0f", Double(stats.delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB |")
+    print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(stats.delivered)/\(expected) | \(String(format: "%.0f", Double(stats.delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, stats.delivered)))) µs |")
 }
-stop.withLockedValue { $0 = true }
 server.terminate()
 server.waitUntilExit()
 exit(0)

@@ -42,7 +42,7 @@ public struct Verteilt: Sendable {
         let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let invites = InvitesService(db: db, groups: groups, users: directory)
-        let bus = EventBus(db: db, retention: config.eventRetention, logger: logger)
+        let bus = EventBus(db: db, capacity: config.realtime.window, retention: config.eventRetention, logger: logger)
         let presence = Presence(db: db, bus: bus, groups: groups, grace: config.presenceGrace, logger: logger)
         let streams = StreamsService(db: db, groups: groups, chats: chats, presence: presence)
         let registry = ServiceRegistry([users, CodesService(db: db), groups, invites, threads, chats, seen, streams])

@@ -27,7 +27,26 @@ public final class EventBus: Service, Sendable {
         var ringBase: Int64 = 0
         var head: Int64 = 0
         var prepared = false
+        /// Connections still replaying (and `streams/Subscribe` sockets): they pull.
         var listeners: [UUID: AsyncStream<BusSignal>.Continuation] = [:]
+        /// Caught-up feeds, by event loop: the bus pushes to them.
+        var live: [ObjectIdentifier: LoopFeeds] = [:]
+    }
+
+    /// The live feeds on one event loop. At most one push task per loop is queued: events that
+    /// commit while it waits ride along, so a busy server writes several frames per flush.
+    struct LoopFeeds {
+        let loop: any EventLoop
+        var feeds: [ObjectIdentifier: LiveFeed] = [:]
+        var scheduled = false
+        /// Every feed on this loop has been handed the events up to here.
+        var pushedThrough: Int64
+    }
+
+    enum WindowRead {
+        case events([FeedEvent])
+        /// The cursor is older than the window.
+        case behind
     }
 
     public enum ReadResult: Sendable {
@@ -72,7 +91,9 @@ public final class EventBus: Service, Sendable {
     }
 
     public var head: Int64 { state.withLockedValue { $0.head } }
-    public var connectionCount: Int { state.withLockedValue { $0.listeners.count } }
+    public var connectionCount: Int {
+        state.withLockedValue { s in s.listeners.count + s.live.values.reduce(0) { $0 + $1.feeds.count } }
+    }
 
     public func run() async throws {
         // `prepare()` runs once the schema exists (before the server starts); wait for it.
@@ -127,51 +148,106 @@ public final class EventBus: Service, Sendable {
         }
     }
 
-    /// Moves the ring up to the log's head, then wakes every connection.
+    /// Moves the ring up to the log's head, then wakes the connections that pull and pushes the
+    /// new events to the live ones, one task per event loop.
     func catchUp() async throws {
-        var woke = false
         while true {
-            let after = head
-            let events = try await EventLog.read(db, after: after, limit: 1000).map(FeedEvent.init)
+            let events = try await EventLog.read(db, after: head, limit: 1000).map(FeedEvent.init)
             guard !events.isEmpty else { break }
-            let listeners = state.withLockedValue { s -> [AsyncStream<BusSignal>.Continuation] in
+            let (listeners, loops) = state.withLockedValue { s in
                 for e in events where e.seq > s.head {
                     s.ring.append(e)
                     s.head = e.seq
                 }
                 while s.ring.count > capacity { s.ringBase = s.ring.removeFirst().seq }
-                return Array(s.listeners.values)
+                return (Array(s.listeners.values), Self.schedule(&s))
             }
             for l in listeners { l.yield(.wake) }
-            woke = true
+            for loop in loops { loop.execute { self.pushLive(on: loop) } }
             if events.count < 1000 { break }
         }
-        _ = woke
+    }
+
+    /// Marks the loops that have no push queued as scheduled and returns them.
+    private static func schedule(_ s: inout State) -> [any EventLoop] {
+        var loops: [any EventLoop] = []
+        for (id, group) in s.live where !group.scheduled && group.pushedThrough < s.head {
+            s.live[id]!.scheduled = true
+            loops.append(group.loop)
+        }
+        return loops
+    }
+
+    /// Runs on `loop`: hands every live feed there the events since the last push.
+    private func pushLive(on loop: any EventLoop) {
+        let id = ObjectIdentifier(loop)
+        let work = state.withLockedValue { s -> (feeds: [LiveFeed], base: Int64, batch: [FeedEvent], windowBase: Int64)? in
+            guard let group = s.live[id] else { return nil }
+            s.live[id]!.scheduled = false
+            let batch = Self.window(s, after: group.pushedThrough, limit: LiveFeed.chunk) ?? []
+            s.live[id]!.pushedThrough = batch.last?.seq ?? s.head
+            return (Array(group.feeds.values), group.pushedThrough, batch, s.ringBase)
+        }
+        guard let work else { return }
+        for f in work.feeds { f.push(batch: work.batch[...], batchBase: work.base, windowBase: work.windowBase, bus: self) }
+        // More than one chunk behind: go again, after whatever else the loop has to do.
+        let again = state.withLockedValue { s in
+            s.live[id].map { !$0.scheduled && $0.pushedThrough < s.head } == true ? Self.schedule(&s) : []
+        }
+        for l in again { l.execute { self.pushLive(on: l) } }
+    }
+
+    /// Events after `cursor` from the window of recent events, at most `limit`.
+    func window(after cursor: Int64, limit: Int) -> WindowRead {
+        state.withLockedValue { s in Self.window(s, after: cursor, limit: limit).map(WindowRead.events) ?? .behind }
+    }
+
+    /// nil when `cursor` is older than the window.
+    private static func window(_ s: State, after cursor: Int64, limit: Int) -> [FeedEvent]? {
+        if cursor >= s.head { return [] }
+        guard cursor >= s.ringBase else { return nil }
+        // First index with seq > cursor.
+        var lo = 0, hi = s.ring.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if s.ring[mid].seq <= cursor { lo = mid + 1 } else { hi = mid }
+        }
+        return Array(s.ring[lo..<min(s.ring.count, lo + limit)])
     }
 
     /// Events after `cursor`, oldest first, at most `limit`.
     func read(after cursor: Int64, limit: Int, allowDatabase: Bool) async throws -> ReadResult {
-        enum Local { case events([FeedEvent]), older, future }
-        let local = state.withLockedValue { s -> Local in
-            if cursor > s.head { return .future }
-            if cursor == s.head { return .events([]) }
-            guard cursor >= s.ringBase else { return .older }
-            // First index with seq > cursor.
-            var lo = 0, hi = s.ring.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if s.ring[mid].seq <= cursor { lo = mid + 1 } else { hi = mid }
-            }
-            return .events(Array(s.ring[lo..<min(s.ring.count, lo + limit)]))
-        }
-        switch local {
+        if cursor > head { return .reload }
+        switch window(after: cursor, limit: limit) {
         case .events(let e): return .events(e)
-        case .future: return .reload
-        case .older:
+        case .behind:
             guard allowDatabase else { return .behind }
             if let oldest = try await EventLog.oldest(db), cursor < oldest - 1 { return .reload }
             return .events(try await EventLog.read(db, after: cursor, limit: limit).map(FeedEvent.init))
         }
+    }
+
+    /// Hands a caught-up connection to the bus, which writes to it from now on.
+    func attach(_ feed: LiveFeed) {
+        state.withLockedValue { s in
+            s.live[ObjectIdentifier(feed.eventLoop), default: LoopFeeds(loop: feed.eventLoop, pushedThrough: s.head)]
+                .feeds[ObjectIdentifier(feed)] = feed
+        }
+        feed.eventLoop.execute { self.pushPending(feed) }
+    }
+
+    func detach(_ feed: LiveFeed) {
+        state.withLockedValue { s in
+            let loop = ObjectIdentifier(feed.eventLoop)
+            s.live[loop]?.feeds.removeValue(forKey: ObjectIdentifier(feed))
+            if s.live[loop]?.feeds.isEmpty == true { s.live.removeValue(forKey: loop) }
+        }
+    }
+
+    /// Writes whatever `feed` has not had yet (after it attached, or once its channel drains).
+    func pushPending(_ feed: LiveFeed) {
+        let windowBase = state.withLockedValue { $0.ringBase }
+        feed.push(batch: [], batchBase: -1, windowBase: windowBase, bus: self)
     }
 
     func subscribe() -> (UUID, AsyncStream<BusSignal>) {
@@ -209,8 +285,15 @@ public final class EventBus: Service, Sendable {
     }
 
     func deliver(audience: String, frame: ByteBuffer, except: String?) {
-        for l in state.withLockedValue({ Array($0.listeners.values) }) {
-            l.yield(.ephemeral(audience: audience, frame: frame, except: except))
+        let (listeners, loops) = state.withLockedValue { (Array($0.listeners.values), Array($0.live.values)) }
+        for l in listeners { l.yield(.ephemeral(audience: audience, frame: frame, except: except)) }
+        guard !loops.isEmpty else { return }
+        let wire = WireFrame.text(frame)
+        for group in loops {
+            let feeds = Array(group.feeds.values)
+            group.loop.execute {
+                for f in feeds { f.send(ephemeral: wire, audience: audience, except: except) }
+            }
         }
     }
 }

@@ -11,6 +11,8 @@ public struct FeedEvent: Sendable {
     public let audience: String
     /// `{"type":"event","cursor":…,"event":…,"data":…}` as bytes shared by every connection.
     public let frame: ByteBuffer
+    /// The same frame as WebSocket wire bytes, for connections the bus writes to directly.
+    let wire: ByteBuffer
     /// How the event changes who may see what.
     public let change: MembershipChange?
     /// For `stream.message`: the topic and the frame the M3O Subscribe protocol sends.
@@ -21,6 +23,7 @@ public struct FeedEvent: Sendable {
         type = e.type
         audience = e.audience
         frame = ByteBuffer(string: #"{"type":"event","cursor":\#(e.seq),"event":"\#(e.type)","data":\#(e.payload)}"#)
+        wire = WireFrame.text(frame)
         change = MembershipChange(e)
         if e.type == StreamMessage.eventType, let m = try? JSON.decoder().decode(StreamMessage.self, from: Data(e.payload.utf8)) {
             let body = (try? JSON.encode(m)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"

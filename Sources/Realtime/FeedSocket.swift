@@ -29,13 +29,10 @@ struct FeedSocket: Sendable {
     let presence: Presence
     let limits: RealtimeLimits
 
-    func serve(user: String, since: Int64?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async {
-        let (id, signals) = bus.subscribe()
+    func serve(user: String, since: Int64?, channel: any Channel, inbound: WebSocketInboundStream,
+               outbound: WebSocketOutboundWriter, logger: Logger) async {
         await presence.connected(user)
-        defer {
-            bus.unsubscribe(id)
-            presence.disconnected(user)
-        }
+        defer { presence.disconnected(user) }
         let roles: [String: Role]
         let chatIDs: [String]
         do {
@@ -51,7 +48,8 @@ struct FeedSocket: Sendable {
         try? await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    await self.send(user: user, since: since, signals: signals, audiences: audiences, outbound: outbound, logger: logger)
+                    await self.send(user: user, since: since, audiences: audiences,
+                                    channel: channel, outbound: outbound, logger: logger)
                 }
                 group.addTask {
                     await self.receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
@@ -65,54 +63,75 @@ struct FeedSocket: Sendable {
 
     // MARK: Server to client
 
-    func send(user: String, since: Int64?, signals: AsyncStream<BusSignal>, audiences: NIOLockedValueBox<Audiences>,
-              outbound: WebSocketOutboundWriter, logger: Logger) async {
+    /// Replays what the client missed through the socket's writer, then hands the connection to
+    /// the bus, which writes new events to it directly, and waits until the bus ends it.
+    func send(user: String, since: Int64?, audiences: NIOLockedValueBox<Audiences>,
+              channel: any Channel, outbound: WebSocketOutboundWriter, logger: Logger) async {
         var cursor = since ?? bus.head
-        // While replaying after a reconnect the log itself may be read; once live, falling behind
-        // the bus's ring means this client cannot keep up.
-        var catchingUp = since != nil
         do {
             try await outbound.writeTextMessage(#"{"type":"ready","cursor":\#(cursor)}"#)
-            var iterator = signals.makeAsyncIterator()
-            while true {
-                drain: while true {
-                    switch try await bus.read(after: cursor, limit: 500, allowDatabase: catchingUp) {
-                    case .reload:
-                        cursor = bus.head
-                        catchingUp = false
-                        try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
-                    case .behind:
-                        try await outbound.close(.unknown(FeedCloseCode.resume), reason: "resume from your cursor")
-                        return
-                    case .events(let events):
-                        if events.isEmpty {
-                            catchingUp = false
-                            break drain
+            // While replaying after a reconnect the log itself may be read.
+            replay: while true {
+                switch try await bus.read(after: cursor, limit: 500, allowDatabase: since != nil) {
+                case .reload:
+                    cursor = bus.head
+                    try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
+                case .behind:
+                    try await close(outbound, channel, code: FeedCloseCode.resume, reason: "resume from your cursor")
+                    return
+                case .events(let events):
+                    if events.isEmpty { break replay }
+                    for e in events {
+                        if case .userDeleted(let u)? = e.change, u == user {
+                            try await close(outbound, channel, code: FeedCloseCode.accountDeleted, reason: "account deleted")
+                            return
                         }
-                        for e in events {
-                            if case .userDeleted(let u)? = e.change, u == user {
-                                try await outbound.close(.unknown(FeedCloseCode.accountDeleted), reason: "account deleted")
-                                return
-                            }
-                            let visible = audiences.withLockedValue { a -> Bool in
-                                if let c = e.change { a.before(c) }
-                                return a.contains(e.audience)
-                            }
-                            if visible { try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame))) }
-                            if let c = e.change { audiences.withLockedValue { $0.after(c) } }
-                            cursor = e.seq
+                        let visible = audiences.withLockedValue { a -> Bool in
+                            if let c = e.change { a.before(c) }
+                            return a.contains(e.audience)
                         }
+                        if visible { try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame))) }
+                        if let c = e.change { audiences.withLockedValue { $0.after(c) } }
+                        cursor = e.seq
                     }
                 }
-                guard let signal = await iterator.next() else { return }
-                if case .ephemeral(let audience, let frame, let except) = signal, except != user,
-                   audiences.withLockedValue({ $0.contains(audience) }) {
-                    try await outbound.write(.custom(.init(fin: true, opcode: .text, data: frame)))
+            }
+            let (ended, endedSink) = AsyncStream<FeedEnd>.makeStream()
+            let wire = FeedWire(eventLoop: channel.eventLoop)
+            let feed = LiveFeed(user: user, wire: wire, audiences: audiences, cursor: cursor, ended: endedSink)
+            let bus = self.bus
+            try await channel.eventLoop.submit {
+                wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
+                try channel.pipeline.syncOperations.addHandler(wire, position: .first)
+            }.get()
+            bus.attach(feed)
+            defer { bus.detach(feed) }
+            for await reason in ended {
+                switch reason {
+                case .resume: try await close(outbound, channel, code: FeedCloseCode.resume, reason: "resume from your cursor")
+                case .accountDeleted: try await close(outbound, channel, code: FeedCloseCode.accountDeleted, reason: "account deleted")
                 }
+                return
             }
         } catch {
             logger.debug("feed send ended", metadata: ["error": .string("\(error)")])
         }
+    }
+
+    /// Sends a close frame; a reader that has stopped reading cannot receive one, so past the
+    /// close timeout the connection is dropped.
+    func close(_ outbound: WebSocketOutboundWriter, _ channel: any Channel, code: UInt16, reason: String) async throws {
+        let sent = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await outbound.close(.unknown(code), reason: reason)) != nil }
+            group.addTask {
+                try? await Task.sleep(for: limits.closeTimeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        if !sent { try await channel.close() }
     }
 
     // MARK: Client to server
@@ -216,5 +235,10 @@ public struct RealtimeLimits: Sendable {
     public var maxClientFrame = 4096
     public var framesPerSecond = 20.0
     public var typingInterval: Duration = .seconds(2)
+    /// How many recent events the bus keeps for live connections; one further behind (a reader
+    /// that stopped reading) is closed with 4000 "resume from your cursor".
+    public var window = 10_000
+    /// How long a close frame may wait behind unread data before the connection is dropped.
+    public var closeTimeout: Duration = .seconds(5)
     public init() {}
 }

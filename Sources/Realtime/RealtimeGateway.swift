@@ -70,7 +70,7 @@ public struct RealtimeGateway: Sendable {
                 return .dontUpgrade
             }
             return .upgrade([:]) { inbound, outbound, context in
-                await feed.serve(user: user, since: since, inbound: inbound, outbound: outbound, logger: context.logger)
+                await feed.serve(user: user, since: since, channel: channel, inbound: inbound, outbound: outbound, logger: context.logger)
             }
         case "/v1/streams/Subscribe", "/v1/streams/subscribe":
             return .upgrade([:]) { inbound, outbound, context in

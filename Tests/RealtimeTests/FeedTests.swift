@@ -216,3 +216,80 @@ struct FeedTests {
         }
     }
 }
+
+@Suite("realtime: a reader that stops reading")
+struct SlowConsumerTests {
+    /// A member's socket stops reading while the group is busy. The server keeps at most a
+    /// channel's high-water mark for it, closes it once it is further behind than the bus's
+    /// window, and others keep receiving meanwhile; reconnecting from the last cursor it got
+    /// yields exactly the rest.
+    @Test(arguments: Backend.all)
+    func aStalledReaderIsClosedAndResumesExactly(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: {
+            $0.realtime.window = 20
+            $0.realtime.closeTimeout = .milliseconds(500)
+            $0.maxTextLength = 40_000
+        }) { api in
+            let f = try await api.fixture()
+            let fast = try await api.feed(f.owner)
+            _ = try await fast.next()
+            let stalled = try await StalledSocket.connect(port: api.port, path: "/v1/events", token: f.member.token)
+            while api.app.bus.connectionCount < 2 { try await Task.sleep(for: .milliseconds(10)) }
+
+            // Big messages fill the socket's buffers quickly; keep going until the server lets go.
+            let text = String(repeating: "x", count: 30_000)
+            var sent: [String] = []
+            while api.app.bus.connectionCount > 1 {
+                try #require(sent.count < 1000, "the stalled connection was never closed")
+                for _ in 0..<10 {
+                    let id = "m-\(sent.count)"
+                    _ = try await api.say(text, in: f.conversationID, as: f.admin, id: id)
+                    sent.append(id)
+                }
+            }
+            // The reader that kept reading got everything, in order.
+            var fastIDs: [String] = []
+            while fastIDs.count < sent.count {
+                let e = try await fast.next()
+                if e["event"] as? String == "message.created", let id = (e["data"] as? [String: Any])?["id"] as? String {
+                    fastIDs.append(id)
+                }
+            }
+            #expect(fastIDs == sent)
+
+            // The stalled one got an in-order prefix, then the connection ended (with 4000
+            // when the close frame fit through).
+            let (texts, code) = try await stalled.drain()
+            #expect(code == nil || code == 4000)
+            var cursor = 0
+            var got: [String] = []
+            for t in texts {
+                let frame = try #require(try JSONSerialization.jsonObject(with: Data(t.utf8)) as? [String: Any])
+                guard frame["type"] as? String == "event" else { continue }
+                let c = try #require(frame["cursor"] as? Int)
+                #expect(c > cursor)
+                cursor = c
+                if frame["event"] as? String == "message.created", let id = (frame["data"] as? [String: Any])?["id"] as? String {
+                    got.append(id)
+                }
+            }
+            #expect(got.count < sent.count - 20, "it fell more than the window behind")
+            #expect(got == Array(sent.prefix(got.count)))
+
+            // Resuming from the last cursor it saw delivers exactly the rest.
+            let resumed = try await api.feed(f.member, since: Int64(cursor))
+            _ = try await resumed.next()
+            var rest: [String] = []
+            while got.count + rest.count < sent.count {
+                let e = try await resumed.next()
+                if e["event"] as? String == "message.created", let id = (e["data"] as? [String: Any])?["id"] as? String {
+                    rest.append(id)
+                }
+            }
+            #expect(got + rest == sent)
+            await resumed.close()
+            await fast.close()
+            await stalled.close()
+        }
+    }
+}
