@@ -103,6 +103,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             resources: [.copy("Static")],
             swiftSettings: swiftSettings
@@ -189,7 +190,11 @@ let package = Package(
         ),
         .testTarget(
             name: "WebTests",
-            dependencies: ["TestSupport", "Web", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            dependencies: [
+                "TestSupport", "Web", .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -54,6 +54,7 @@ public struct Verteilt: Sendable {
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: RequestIDMiddleware())
+        router.add(middleware: CompressionMiddleware())
         gateway.addRoutes(to: router)
         realtime.addRoutes(to: router)
         gateway.page("/api/groups/:id", on: router) { request, context, caller in

@@ -1,4 +1,6 @@
+import CompressNIO
 import Foundation
+import NIOCore
 import HTTPTypes
 import Testing
 import TestSupport
@@ -134,6 +136,42 @@ struct WebAppTests {
             let key = try await api.serviceKey()
             let byKey = try await api.request("/api/session", method: .get, token: key)
             #expect(byKey.status == .forbidden && byKey.isErrorShape)
+        }
+    }
+}
+
+@Suite("web: JSON answers are gzipped for clients that accept it")
+struct CompressionTests {
+    @Test
+    func theGroupPageIsGzippedAndDecompressesToTheSameJSON() async throws {
+        try await withTestApp(.sqlite) { api in
+            let acct = try await api.signUp("Ada")
+            let group = try #require((try await api.post("groups/Create", ["name": "Friends"], token: acct.token))["group"] as? [String: Any])
+            let groupID = try #require(group["id"] as? String)
+            let conv = try await api.post("threads/CreateConversation", ["group_id": groupID, "topic": "General"], token: acct.token)
+            let convID = try #require((conv["conversation"] as? [String: Any])?["id"] as? String)
+            for i in 0..<25 {
+                _ = try await api.post("threads/CreateMessage", ["conversation_id": convID, "text": "Message number \(i)"], token: acct.token)
+            }
+            let plain = try await api.request("/api/groups/\(groupID)", method: .get, token: acct.token)
+            #expect(plain.status == .ok && plain.headers[.contentEncoding] == nil)
+            #expect(plain.headers[.vary] == "Accept-Encoding")
+            #expect(plain.body.count > 1024)
+            let gz = try await api.request("/api/groups/\(groupID)", method: .get, token: acct.token,
+                                           headers: [.acceptEncoding: "gzip, deflate"])
+            #expect(gz.status == .ok && gz.headers[.contentEncoding] == "gzip")
+            #expect(gz.body.count < plain.body.count / 3)
+            var buffer = ByteBuffer(bytes: gz.body)
+            let json = try buffer.decompress(with: .gzip())
+            let page = try JSONSerialization.jsonObject(with: Data(json.readableBytesView)) as? [String: Any]
+            let plainPage = try JSONSerialization.jsonObject(with: plain.body) as? [String: Any]
+            #expect(page?["id"] as? String == groupID)
+            #expect((page?["threads"] as? [Any])?.count == (plainPage?["threads"] as? [Any])?.count)
+            // Small answers and errors stay as they are.
+            let small = try await api.post("groups/List", [:], token: acct.token, headers: [.acceptEncoding: "gzip"])
+            #expect(small.headers[.contentEncoding] == nil)
+            let missing = try await api.request("/api/groups/nope", method: .get, token: acct.token, headers: [.acceptEncoding: "gzip"])
+            #expect(missing.status == .notFound && missing.isErrorShape)
         }
     }
 }
