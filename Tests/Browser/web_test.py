@@ -21,6 +21,7 @@ import tempfile
 import time
 import traceback
 import unittest
+import urllib.error
 import urllib.request
 
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
@@ -92,6 +93,15 @@ class Server:
                 return "".join(f.readlines()[-lines:])
         except OSError:
             return "(no server log)"
+
+
+def post_json(base, method, body, token=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"{base}/v1/{method}", data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
 
 
 def new_browser(width=1280, height=900, phone=False):
@@ -417,6 +427,21 @@ class WebAppInABrowser(unittest.TestCase):
             "return l.scrollTop > 0 && r.top >= box.top && r.bottom <= box.bottom", self.message(ada, "Old message 5")),
             "the reader's place is kept")
 
+        # Optimistic send: while the network refuses, the message shows as sending, then as not
+        # sent with a Retry; retried, it arrives once (the same id: the server stores it once).
+        ada.get(f"{base}/groups/{group_id}/{conversation_id}")
+        self.wait(ada, lambda d: "Replying to your hello" in self.texts(d), "ada back in General")
+        ada.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*threads/CreateMessage*"]})
+        box = self.visible(ada, "#composer-text")
+        box.send_keys("Sent through a bad network", Keys.ENTER)
+        self.wait(ada, lambda d: d.find_elements(By.CSS_SELECTOR, "#message-list article.msg.pending"), "shown at once, pending")
+        self.wait(ada, lambda d: d.find_elements(By.CSS_SELECTOR, "#message-list article.msg.failed"), "not sent, after retries", timeout=30)
+        ada.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        self.el(ada, "#message-list article.msg.failed .status button").click()
+        self.wait(ada, lambda d: "Sent through a bad network" in self.texts(d), "sent on retry")
+        self.wait(bob, lambda d: self.texts(d).count("Sent through a bad network") == 1, "bob gets it once")
+        self.assertEqual(self.texts(ada).count("Sent through a bad network"), 1)
+
         # The groups list counts a group's unread messages too, and clears when they are read.
         ada.get(f"{base}/groups")
         self.visible(ada, f"a[data-group-id='{group_id}']")
@@ -471,20 +496,46 @@ class WebAppInABrowser(unittest.TestCase):
         ada.back()
         self.wait(ada, lambda d: self.state(d)["microFrontend"] == "chat", "back to chat")
 
-        # Settings: the profile saves, the sessions are listed.
+        # Settings: the profile saves; another device's session is listed and revoked.
+        ada_email, ada_password = f"ada-{suffix}@example.com", "correct horse battery"
         ada.get(f"{base}/settings/profile")
         self.fill(ada, "#profile-last_name", "Lovelace")
         self.el(ada, "#profile-form button[type=submit]").click()
         self.wait(ada, lambda d: self.el(d, "#profile-form .form-ok").text == "Saved.", "profile saved")
+        other = post_json(base, "users/Login", {"email": ada_email, "password": ada_password})
         self.el(ada, "a[data-tab='sessions']").click()
-        self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) >= 1, "sessions listed")
+        self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) == 2, "two sessions listed")
         self.shot(ada, "09-settings-sessions")
+        self.el(ada, "#session-list li button.danger").click()
+        self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) == 1, "the other session revoked")
+        with self.assertRaises(urllib.error.HTTPError) as revoked:
+            post_json(base, "users/ListSessions", {}, other["token"])
+        self.assertEqual(revoked.exception.code, 401)
 
-        # Log out: back to the login form; the app's pages need a session again.
+        # Password: a wrong current password is shown next to that field; then it changes.
+        self.el(ada, "a[data-tab='password']").click()
+        self.fill(ada, "#password-old_password", "not my password")
+        self.fill(ada, "#password-password", "a brand new passphrase")
+        self.el(ada, "#password-form button[type=submit]").click()
+        self.wait(ada, lambda d: self.el(d, "#password-old_password-error").text, "wrong current password shown at its field")
+        self.fill(ada, "#password-old_password", ada_password)
+        self.fill(ada, "#password-password", "a brand new passphrase")
+        self.el(ada, "#password-form button[type=submit]").click()
+        self.wait(ada, lambda d: "Password changed" in self.el(d, "#password-form .form-ok").text, "password changed")
+
+        # Log out, and log in again with the new password (a wrong one is shown first).
         self.el(ada, "#logout-link").click()
         self.wait(ada, lambda d: "/account/login" in d.current_url and self.state(d)["user"] is None, "logged out")
         ada.get(f"{base}/groups/{group_id}")
         self.wait(ada, lambda d: "/account/login" in d.current_url, "signed-out deep link goes to login")
+        self.fill(ada, "#login-email", ada_email)
+        self.fill(ada, "#login-password", ada_password)
+        self.el(ada, "#login-form button[type=submit]").click()
+        self.wait(ada, lambda d: "invalid email or password" in self.el(d, "#login-form [role=alert]").text, "old password refused")
+        self.fill(ada, "#login-password", "a brand new passphrase")
+        self.el(ada, "#login-form button[type=submit]").click()
+        self.wait(ada, lambda d: d.current_url.endswith(f"/groups/{group_id}"), "logged in, back where the deep link pointed")
+        self.visible(ada, f"a[data-conversation-id='{conversation_id}']")
 
         for name, d in self.browsers.items():
             self.assertEqual(js_errors(d), [], f"{name}: JavaScript errors")
