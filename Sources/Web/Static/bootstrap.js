@@ -205,7 +205,9 @@ async function load(name, url, segments) {
   nodes.push(container);
   await hooks.mount?.(ctx);
   app.setAttribute('aria-busy', 'false');
-  focusMain(container);
+  // Focus moves into the new content (for keyboard and screen reader users), unless the
+  // micro-frontend already put it somewhere.
+  if (!container.contains(document.activeElement)) focusMain(container);
 }
 
 /** A micro-frontend's HTML, fetched once per page (the start fetches the likely one early). */

@@ -403,7 +403,7 @@ async function openConversation() {
   st.loadedOnce = true;
   await ensureUsers([...st.messages.values()].map((m) => m.author_id));
   renderMessages();
-  list.focus({ preventScroll: true });
+  if (list.isConnected) S.$('#composer-text').focus({ preventScroll: true });
   S.$('#composer-text').value = S.ctx.storage.get(`draft:${S.open.key}`, '');
   markSeenSoon();
 }
@@ -840,7 +840,10 @@ window.verteilt.register('chat', {
   mount() {
     // beforeMount rendered into a detached tree, where scrolling does nothing: start at the end now.
     const list = S.$('#message-list');
-    if (S.open) list.scrollTop = list.scrollHeight;
+    if (S.open) {
+      list.scrollTop = list.scrollHeight;
+      S.$('#composer-text').focus({ preventScroll: true });
+    }
     loadPresence();
   },
   async update(ctx) {
