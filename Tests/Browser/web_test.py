@@ -22,6 +22,7 @@ import time
 import traceback
 import unittest
 import urllib.error
+import urllib.parse
 import urllib.request
 
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
@@ -536,6 +537,11 @@ class WebAppInABrowser(unittest.TestCase):
         self.el(ada, "#login-form button[type=submit]").click()
         self.wait(ada, lambda d: d.current_url.endswith(f"/groups/{group_id}"), "logged in, back where the deep link pointed")
         self.visible(ada, f"a[data-conversation-id='{conversation_id}']")
+
+        # ?next= never leads to another site.
+        for evil in ("https://evil.example/x", "//evil.example/x", "/\\evil.example/x"):
+            ada.get(f"{base}/account/login?next={urllib.parse.quote(evil)}")
+            self.wait(ada, lambda d: d.current_url == f"{base}/groups", f"next={evil} stays here")
 
         for name, d in self.browsers.items():
             self.assertEqual(js_errors(d), [], f"{name}: JavaScript errors")

@@ -91,9 +91,17 @@ function clearStorage(userId) {
 }
 
 // ---- navigation and routing -------------------------------------------------------------------
+/** `next` from a query string, if it is a path of this app (never another site: `//x`, `/\\x`). */
+function sameOriginPath(next) {
+  if (!next) return null;
+  try {
+    const url = new URL(next, location.origin);
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : null;
+  } catch { return null; }
+}
+
 function navigate(path, { replace = false } = {}) {
-  const url = new URL(path, location.href);
-  if (url.origin !== location.origin) { location.assign(url); return Promise.resolve(); }
+  const url = new URL(sameOriginPath(path) ?? '/', location.origin);
   if (url.href !== location.href) history[replace ? 'replaceState' : 'pushState']({}, '', url);
   return route();
 }
@@ -106,7 +114,7 @@ function decide(url) {
     return { redirect: `/account/login${next}` };
   }
   if (user && (first === '' || (first === 'account' && segments[1] !== 'logout'))) {
-    return { redirect: url.searchParams.get('next')?.startsWith('/') ? url.searchParams.get('next') : '/groups' };
+    return { redirect: sameOriginPath(url.searchParams.get('next')) ?? '/groups' };
   }
   return { name: SECTIONS[first], segments };
 }
