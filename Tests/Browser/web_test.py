@@ -211,6 +211,16 @@ class WebAppInABrowser(unittest.TestCase):
         driver.execute_script("arguments[0].focus()", button)
         button.send_keys(Keys.ENTER)
 
+    def assert_labelled(self, driver, screen):
+        """Every visible form control has a label, every button a name (screen readers)."""
+        unnamed = driver.execute_script("""
+            const shown = (e) => e.offsetParent !== null;
+            return [...document.querySelectorAll('input, textarea, select')].filter(shown)
+                .filter((e) => e.labels.length === 0 && !e.getAttribute('aria-label')).map((e) => e.outerHTML)
+              .concat([...document.querySelectorAll('button')].filter(shown)
+                .filter((b) => !b.textContent.trim() && !b.getAttribute('aria-label')).map((b) => b.outerHTML));""")
+        self.assertEqual(unnamed, [], f"{screen}: controls without a label or name")
+
     def api(self, driver, method, body):
         """A call as the browser's signed-in user (its HttpOnly session cookie as a bearer token)."""
         token = driver.get_cookie("verteilt_session")["value"]
@@ -268,6 +278,7 @@ class WebAppInABrowser(unittest.TestCase):
         self.wait(ada, lambda d: "/account/login" in d.current_url, "redirect to login")
         self.assertIn("next=%2Fgroups", ada.current_url)
         self.visible(ada, "#login-email")
+        self.assert_labelled(ada, "login")
         self.shot(ada, "01-login")
 
         # Sign-up: the server's error appears next to the field it names, and clears on retry.
@@ -277,6 +288,7 @@ class WebAppInABrowser(unittest.TestCase):
         err = self.wait(ada, lambda d: self.el(d, "#signup-password-error").text, "password error")
         self.assertIn("8 characters", err)
         self.assertEqual(self.el(ada, "#signup-password").get_attribute("aria-invalid"), "true")
+        self.assert_labelled(ada, "sign-up")
         self.shot(ada, "02-signup-error")
         self.fill(ada, "#signup-password", "correct horse battery")
         self.el(ada, "#signup-form button[type=submit]").click()
@@ -296,6 +308,13 @@ class WebAppInABrowser(unittest.TestCase):
         self.visible(ada, "#create-link").click()
         link = self.wait(ada, lambda d: self.el(d, "#invite-link").get_attribute("value"), "invite link")
         self.assertTrue(link.startswith(base + "/invite/"), link)
+        self.el(ada, "#copy-link").click()
+        self.wait(ada, lambda d: self.el(d, "#copy-link").text == "Copied", "link copied")
+        self.fill(ada, "#invite-email", "carol@example.com")
+        self.el(ada, "#invite-email-form button[type=submit]").click()
+        self.wait(ada, lambda d: "Invited carol@example.com" in self.el(d, "#invite-email-result").text
+                  and base + "/invite/" in self.el(d, "#invite-email-result").text, "email invite made")
+        self.assert_labelled(ada, "group page")
         self.shot(ada, "03-group-with-invite")
 
         # Bob opens the link signed out: a preview, then sign-up, then back to the invite, join.
@@ -335,6 +354,8 @@ class WebAppInABrowser(unittest.TestCase):
         # No layout jump: the composer and the list stay where they were.
         self.assertEqual(composer_before, ada.execute_script("return document.getElementById('composer').getBoundingClientRect().toJSON()"))
         self.assertEqual(list_before, ada.execute_script("return document.getElementById('message-list').getBoundingClientRect().toJSON()"))
+        self.assert_labelled(ada, "conversation")
+        self.assert_labelled(bob, "conversation (phone)")
         self.shot(ada, "06-conversation")
         self.shot(bob, "07-conversation-phone")
 
@@ -506,6 +527,7 @@ class WebAppInABrowser(unittest.TestCase):
         other = post_json(base, "users/Login", {"email": ada_email, "password": ada_password})
         self.el(ada, "a[data-tab='sessions']").click()
         self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) == 2, "two sessions listed")
+        self.assert_labelled(ada, "sessions")
         self.shot(ada, "09-settings-sessions")
         self.el(ada, "#session-list li button.danger").click()
         self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) == 1, "the other session revoked")
