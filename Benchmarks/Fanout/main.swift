@@ -172,6 +172,25 @@ final class FeedClient: ChannelInboundHandler, @unchecked Sendable {
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
     }
 
+    /// The number after `"text":"t=` in a frame's payload (memmem: the harness must stay cheap).
+    static func sentAt(in payload: UnsafeRawBufferPointer) -> UInt64? {
+        guard let base = payload.baseAddress, payload.count > marker.count else { return nil }
+        var at: Int?
+        marker.withUnsafeBytes { m in
+            for i in 0...(payload.count - m.count) where payload[i] == m[0] && memcmp(base + i, m.baseAddress!, m.count) == 0 {
+                at = i
+                break
+            }
+        }
+        guard var i = at.map({ $0 + marker.count }) else { return nil }
+        var v: UInt64 = 0
+        while i < payload.count, payload[i] >= 48, payload[i] <= 57 {
+            v = v * 10 + UInt64(payload[i] - 48)
+            i += 1
+        }
+        return v
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         buffer.writeBuffer(&incoming)
@@ -195,17 +214,16 @@ final class FeedClient: ChannelInboundHandler, @unchecked Sendable {
                 offset = 10
             }
             guard buffer.readableBytes >= offset + length else { break }
-            let start = buffer.readerIndex + offset
-            let view = buffer.readableBytesView[start..<(start + length)]
-            if let r = view.firstRange(of: marker) {
-                var v: UInt64 = 0
-                for b in view[r.upperBound...] {
-                    guard b >= 48 && b <= 57 else { break }
-                    v = v * 10 + UInt64(b - 48)
-                }
-                stats.record(sentAt: v)
+            let opcode = (buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) ?? 0) & 0x0f
+            buffer.moveReaderIndex(forwardBy: offset)
+            if opcode == 0x9 {
+                // Answer the server's heartbeat: an empty pong, masked as client frames must be.
+                context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [0x8a, 0x80, 0, 0, 0, 0])), promise: nil)
             }
-            buffer.moveReaderIndex(forwardBy: offset + length)
+            if let sentAt = buffer.withUnsafeReadableBytes({ Self.sentAt(in: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }) {
+                stats.record(sentAt: sentAt)
+            }
+            buffer.moveReaderIndex(forwardBy: length)
         }
         buffer.discardReadBytes()
     }

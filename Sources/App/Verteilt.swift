@@ -42,7 +42,9 @@ public struct Verteilt: Sendable {
         let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let invites = InvitesService(db: db, groups: groups, users: directory)
-        let bus = EventBus(db: db, capacity: config.realtime.window, retention: config.eventRetention, logger: logger)
+        let bus = EventBus(
+            db: db, capacity: config.realtime.window, retention: config.eventRetention,
+            heartbeat: config.realtime.heartbeat, logger: logger)
         let presence = Presence(db: db, bus: bus, groups: groups, grace: config.presenceGrace, logger: logger)
         let streams = StreamsService(db: db, groups: groups, chats: chats, presence: presence)
         let registry = ServiceRegistry([users, CodesService(db: db), groups, invites, threads, chats, seen, streams])
@@ -78,7 +80,9 @@ public struct Verteilt: Sendable {
         var app = Application(
             router: router,
             server: .http1WebSocketUpgrade(
-                configuration: .init(ws: .init(maxFrameSize: 1 << 16, autoPing: .enabled(timePeriod: .seconds(20)))),
+                // Heartbeats come from the bus (one timer for all live feeds) and from each
+                // streams/Subscribe socket: an auto-ping task per socket costs 3 KiB each.
+                configuration: .init(ws: .init(maxFrameSize: 1 << 16, autoPing: .disabled)),
                 shouldUpgrade: realtime.shouldUpgrade),
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "verteilt"),
             // Shut down in reverse: the bus and presence stop before the database closes.

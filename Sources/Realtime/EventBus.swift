@@ -62,6 +62,8 @@ public final class EventBus: Service, Sendable {
     let pollInterval: Duration
     let logger: Logger
     let retention: Duration
+    /// How often live connections are pinged; one silent for two periods is dropped.
+    let heartbeat: Duration
     public let nodeID = UUID().uuidString.lowercased()
     private let state = NIOLockedValueBox(State())
     private let wakeStream: AsyncStream<Void>
@@ -70,10 +72,11 @@ public final class EventBus: Service, Sendable {
 
     public init(
         db: any Database, capacity: Int = 10_000, pollInterval: Duration = .seconds(1),
-        retention: Duration = .seconds(7 * 24 * 3600), logger: Logger
+        retention: Duration = .seconds(7 * 24 * 3600), heartbeat: Duration = .seconds(20), logger: Logger
     ) {
         self.db = db
         self.retention = retention
+        self.heartbeat = heartbeat
         self.capacity = capacity
         self.pollInterval = pollInterval
         self.logger = logger
@@ -111,6 +114,13 @@ public final class EventBus: Service, Sendable {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: self.pollInterval)
                     self.wake()
+                }
+            }
+            group.addTask {
+                // One timer for every live connection, not a task per socket.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.heartbeat)
+                    self.pingLive()
                 }
             }
             group.addTask {
@@ -224,6 +234,19 @@ public final class EventBus: Service, Sendable {
             guard allowDatabase else { return .behind }
             if let oldest = try await EventLog.oldest(db), cursor < oldest - 1 { return .reload }
             return .events(try await EventLog.read(db, after: cursor, limit: limit).map(FeedEvent.init))
+        }
+    }
+
+    /// Pings every live connection and drops those that have sent nothing (not even a pong)
+    /// for two heartbeats.
+    func pingLive() {
+        let silentSince = NIODeadline.now() - .nanoseconds(2 * Int64(heartbeat.components.seconds) * 1_000_000_000
+            + 2 * heartbeat.components.attoseconds / 1_000_000_000)
+        for group in state.withLockedValue({ Array($0.live.values) }) {
+            let feeds = Array(group.feeds.values)
+            group.loop.execute {
+                for f in feeds { f.heartbeat(silentSince: silentSince) }
+            }
         }
     }
 

@@ -44,29 +44,29 @@ struct FeedSocket: Sendable {
             return
         }
         let audiences = NIOLockedValueBox(Audiences(user: user, groups: roles, chats: chatIDs))
+        // One task per connection, no more (each costs memory when thousands sit idle): replay
+        // what was missed, hand the socket to the bus for live events, then read client frames.
+        // Frames a client sends during the replay wait in the socket until it is done.
         // A server shutting down closes its sockets rather than waiting for clients to leave.
-        try? await cancelWhenGracefulShutdown {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    await self.send(user: user, since: since, audiences: audiences,
-                                    channel: channel, outbound: outbound, logger: logger)
-                }
-                group.addTask {
-                    await self.receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
-                }
-                await group.next()
-                group.cancelAll()
-            }
+        let closeTimeout = TimeAmount.nanoseconds(Int64(limits.closeTimeout.components.seconds) * 1_000_000_000
+            + limits.closeTimeout.components.attoseconds / 1_000_000_000)
+        await withGracefulShutdownHandler {
+            guard let feed = await replay(user: user, since: since, audiences: audiences, channel: channel,
+                                          outbound: outbound, closeTimeout: closeTimeout, logger: logger) else { return }
+            bus.attach(feed)
+            defer { bus.detach(feed) }
+            await receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
+        } onGracefulShutdown: {
+            channel.eventLoop.scheduleTask(in: closeTimeout) { channel.close(promise: nil) }
         }
-        if Task.isShuttingDownGracefully { try? await outbound.close(.goingAway, reason: "server shutting down") }
     }
 
     // MARK: Server to client
 
-    /// Replays what the client missed through the socket's writer, then hands the connection to
-    /// the bus, which writes new events to it directly, and waits until the bus ends it.
-    func send(user: String, since: Int64?, audiences: NIOLockedValueBox<Audiences>,
-              channel: any Channel, outbound: WebSocketOutboundWriter, logger: Logger) async {
+    /// Replays what the client missed through the socket's writer and returns the connection,
+    /// caught up, ready for the bus; nil when it was closed instead.
+    func replay(user: String, since: Int64?, audiences: NIOLockedValueBox<Audiences>, channel: any Channel,
+                outbound: WebSocketOutboundWriter, closeTimeout: TimeAmount, logger: Logger) async -> LiveFeed? {
         var cursor = since ?? bus.head
         do {
             try await outbound.writeTextMessage(#"{"type":"ready","cursor":\#(cursor)}"#)
@@ -78,13 +78,13 @@ struct FeedSocket: Sendable {
                     try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
                 case .behind:
                     try await close(outbound, channel, code: FeedCloseCode.resume, reason: "resume from your cursor")
-                    return
+                    return nil
                 case .events(let events):
                     if events.isEmpty { break replay }
                     for e in events {
                         if case .userDeleted(let u)? = e.change, u == user {
                             try await close(outbound, channel, code: FeedCloseCode.accountDeleted, reason: "account deleted")
-                            return
+                            return nil
                         }
                         let visible = audiences.withLockedValue { a -> Bool in
                             if let c = e.change { a.before(c) }
@@ -96,25 +96,17 @@ struct FeedSocket: Sendable {
                     }
                 }
             }
-            let (ended, endedSink) = AsyncStream<FeedEnd>.makeStream()
             let wire = FeedWire(eventLoop: channel.eventLoop)
-            let feed = LiveFeed(user: user, wire: wire, audiences: audiences, cursor: cursor, ended: endedSink)
+            let feed = LiveFeed(user: user, wire: wire, audiences: audiences, cursor: cursor, closeTimeout: closeTimeout)
             let bus = self.bus
             try await channel.eventLoop.submit {
                 wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
                 try channel.pipeline.syncOperations.addHandler(wire, position: .first)
             }.get()
-            bus.attach(feed)
-            defer { bus.detach(feed) }
-            for await reason in ended {
-                switch reason {
-                case .resume: try await close(outbound, channel, code: FeedCloseCode.resume, reason: "resume from your cursor")
-                case .accountDeleted: try await close(outbound, channel, code: FeedCloseCode.accountDeleted, reason: "account deleted")
-                }
-                return
-            }
+            return feed
         } catch {
-            logger.debug("feed send ended", metadata: ["error": .string("\(error)")])
+            logger.debug("feed replay ended", metadata: ["error": .string("\(error)")])
+            return nil
         }
     }
 
@@ -240,5 +232,7 @@ public struct RealtimeLimits: Sendable {
     public var window = 10_000
     /// How long a close frame may wait behind unread data before the connection is dropped.
     public var closeTimeout: Duration = .seconds(5)
+    /// How often the server pings; a socket silent for two periods is closed.
+    public var heartbeat: Duration = .seconds(20)
     public init() {}
 }

@@ -1,20 +1,26 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// Why the bus ends a live feed; the connection's task closes the socket with the matching code.
-enum FeedEnd: Sendable {
-    /// Fell further behind than the bus's window: reconnect with `?since=<last cursor>`.
-    case resume
-    case accountDeleted
-}
-
 /// A WebSocket text frame as it goes on the wire from a server (unmasked, no extensions), so one
 /// encoding serves every connection.
 enum WireFrame {
     static func text(_ payload: ByteBuffer) -> ByteBuffer {
+        frame(opcode: 0x1, payload)
+    }
+
+    static let ping = frame(opcode: 0x9, ByteBuffer())
+
+    static func close(code: UInt16, reason: String) -> ByteBuffer {
+        var payload = ByteBuffer()
+        payload.writeInteger(code)
+        payload.writeString(reason)
+        return frame(opcode: 0x8, payload)
+    }
+
+    private static func frame(opcode: UInt8, _ payload: ByteBuffer) -> ByteBuffer {
         let n = payload.readableBytes
         var out = ByteBufferAllocator().buffer(capacity: n + 10)
-        out.writeInteger(UInt8(0x81))  // FIN, text
+        out.writeInteger(0x80 | opcode)  // FIN
         if n < 126 {
             out.writeInteger(UInt8(n))
         } else if n <= Int(UInt16.max) {
@@ -41,18 +47,17 @@ final class LiveFeed: @unchecked Sendable {
     let user: String
     let wire: FeedWire
     let audiences: NIOLockedValueBox<Audiences>
-    private let ended: AsyncStream<FeedEnd>.Continuation
+    let closeTimeout: TimeAmount
     /// The last event this connection has been handed (written, or skipped as not its audience).
     private var cursor: Int64
     private var ending = false
 
-    init(user: String, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, cursor: Int64,
-         ended: AsyncStream<FeedEnd>.Continuation) {
+    init(user: String, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, cursor: Int64, closeTimeout: TimeAmount) {
         self.user = user
         self.wire = wire
         self.audiences = audiences
         self.cursor = cursor
-        self.ended = ended
+        self.closeTimeout = closeTimeout
     }
 
     var eventLoop: any EventLoop { wire.eventLoop }
@@ -68,7 +73,7 @@ final class LiveFeed: @unchecked Sendable {
         guard !ending else { return }
         // Checked even when the channel cannot take writes: a reader that stopped reading must
         // not hold its place for ever.
-        guard cursor >= windowBase else { return end(.resume) }
+        guard cursor >= windowBase else { return end(code: FeedCloseCode.resume, reason: "resume from your cursor") }
         var wrote = false
         defer { if wrote { wire.flush() } }
         while wire.isWritable {
@@ -83,12 +88,12 @@ final class LiveFeed: @unchecked Sendable {
                     events = e[...]
                     more = e.count == Self.chunk
                 case .behind:
-                    return end(.resume)
+                    return end(code: FeedCloseCode.resume, reason: "resume from your cursor")
                 }
             }
             for e in events {
                 guard wire.isWritable else { return }
-                if case .userDeleted(let u)? = e.change, u == user { return end(.accountDeleted) }
+                if case .userDeleted(let u)? = e.change, u == user { return end(code: FeedCloseCode.accountDeleted, reason: "account deleted") }
                 let visible = audiences.withLockedValue { a -> Bool in
                     if let c = e.change { a.before(c) }
                     let visible = a.contains(e.audience)
@@ -116,16 +121,32 @@ final class LiveFeed: @unchecked Sendable {
         wire.flush()
     }
 
-    private func end(_ reason: FeedEnd) {
+    /// Pings, or ends a connection that has been silent since `silentSince`.
+    func heartbeat(silentSince: NIODeadline) {
+        eventLoop.preconditionInEventLoop()
+        guard !ending else { return }
+        guard wire.lastRead >= silentSince else {
+            return end(code: FeedCloseCode.resume, reason: "no answer to pings")
+        }
+        wire.write(WireFrame.ping)
+        wire.flush()
+    }
+
+    /// Sends the close frame (after whatever is still queued) and drops the connection if the
+    /// client has not completed the close by the timeout: a reader that stopped reading never
+    /// will. The connection's task ends when the socket does.
+    private func end(code: UInt16, reason: String) {
         ending = true
-        ended.yield(reason)
-        ended.finish()
+        wire.write(WireFrame.close(code: code, reason: reason))
+        wire.flush()
+        wire.close(after: closeTimeout)
     }
 }
 
 /// Sits next to the socket in a live feed's pipeline: the bus writes encoded frames through it
-/// (past the WebSocket encoder, which has nothing left to do for them), and it tells the bus when
-/// the channel can take writes again after a slow reader caught up.
+/// (past the WebSocket encoder, which has nothing left to do for them); it tells the bus when
+/// the channel can take writes again after a slow reader caught up, and when the client last
+/// sent anything, for heartbeats.
 ///
 /// Only valid without WebSocket extensions: a negotiated extension (compression) would have to
 /// transform every frame. The server negotiates none.
@@ -135,8 +156,15 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
     let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
     var onWritable: (@Sendable () -> Void)?
+    /// When the client last sent anything (a pong counts).
+    private(set) var lastRead = NIODeadline.now()
 
     init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastRead = .now()
+        context.fireChannelRead(data)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
@@ -145,6 +173,10 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
 
     func write(_ bytes: ByteBuffer) { context?.write(wrapOutboundOut(bytes), promise: nil) }
     func flush() { context?.flush() }
+    func close(after delay: TimeAmount) {
+        guard let channel = context?.channel else { return }
+        eventLoop.scheduleTask(in: delay) { channel.close(promise: nil) }
+    }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { onWritable?() }

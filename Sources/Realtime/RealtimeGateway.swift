@@ -75,7 +75,7 @@ public struct RealtimeGateway: Sendable {
         case "/v1/streams/Subscribe", "/v1/streams/subscribe":
             return .upgrade([:]) { inbound, outbound, context in
                 try? await cancelWhenGracefulShutdown {
-                    await subscribe(inbound: inbound, outbound: outbound, logger: context.logger)
+                    await subscribe(channel: channel, inbound: inbound, outbound: outbound, logger: context.logger)
                 }
                 if Task.isShuttingDownGracefully { try? await outbound.close(.goingAway, reason: "server shutting down") }
             }
@@ -103,7 +103,8 @@ public struct RealtimeGateway: Sendable {
         var token: String
     }
 
-    func subscribe(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async {
+    func subscribe(channel: any Channel, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter,
+                   logger: Logger) async {
         var messages = inbound.messages(maxSize: 4096).makeAsyncIterator()
         // The first frame names the topic and carries a token for it, within ten seconds.
         let answered = NIOLockedValueBox(false)
@@ -125,8 +126,33 @@ public struct RealtimeGateway: Sendable {
             try? await outbound.close(.policyViolation, reason: "invalid or expired token for this topic")
             return
         }
+        let wire = FeedWire(eventLoop: channel.eventLoop)
+        guard (try? await channel.eventLoop.submit({ try channel.pipeline.syncOperations.addHandler(wire, position: .first) }).get()) != nil
+        else { return }
         let (id, signals) = bus.subscribe()
         defer { bus.unsubscribe(id) }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.forward(topic: frame.topic, signals: signals, outbound: outbound, logger: logger) }
+            group.addTask {
+                let heartbeat = self.bus.heartbeat
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: heartbeat)
+                    let heard = try? await channel.eventLoop.submit { wire.lastRead }.get()
+                    guard let heard, NIODeadline.now() - heard < .nanoseconds(Int64(heartbeat.components.seconds) * 2_000_000_000) else {
+                        try? await channel.close()
+                        return
+                    }
+                    try? await outbound.write(.custom(.init(fin: true, opcode: .ping, data: ByteBuffer())))
+                }
+            }
+            // Reading lets the socket see pongs and the client's close.
+            do { while try await messages.next() != nil {} } catch {}
+            group.cancelAll()
+        }
+    }
+
+    /// Writes the topic's messages as they commit.
+    func forward(topic: String, signals: AsyncStream<BusSignal>, outbound: WebSocketOutboundWriter, logger: Logger) async {
         var cursor = bus.head
         do {
             var iterator = signals.makeAsyncIterator()
@@ -141,7 +167,7 @@ public struct RealtimeGateway: Sendable {
                     case .events(let events):
                         if events.isEmpty { break drain }
                         for e in events {
-                            if let s = e.stream, s.topic == frame.topic {
+                            if let s = e.stream, s.topic == topic {
                                 try await outbound.write(.custom(.init(fin: true, opcode: .text, data: s.frame)))
                             }
                             cursor = e.seq

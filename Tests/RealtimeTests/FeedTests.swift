@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import Realtime
 import ServiceKit
 import Storage
 import Testing
@@ -161,6 +162,49 @@ struct FeedTests {
             let after = try await api.post("streams/Presence", ["user_ids": [f.member.id]], token: f.owner.token)
             #expect(((after["users"] as? [String: [String: Any]])?[f.member.id])?["online"] as? Bool == false)
             await owner.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func deletingAnAccountClosesItsOpenFeeds(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let member = try await api.feed(f.member)
+            _ = try await member.next()
+            let owner = try await api.feed(f.owner)
+            _ = try await owner.next()
+            let r = try await api.post("users/Delete", [:], token: f.member.token)
+            #expect(r.status == .ok)
+            #expect(try await member.closeCode() == FeedCloseCode.accountDeleted)
+            // Everyone else's feed carries on.
+            _ = try await api.say("still here", in: f.conversationID, as: f.owner)
+            #expect(try await owner.next(where: { $0["event"] as? String == "message.created" })["type"] as? String == "event")
+            await owner.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func heartbeatsDropSilentSocketsAndKeepAnsweringOnes(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: {
+            $0.realtime.heartbeat = .milliseconds(200)
+            $0.realtime.closeTimeout = .milliseconds(300)
+        }) { api in
+            let f = try await api.fixture()
+            let answering = try await api.feed(f.owner)  // its client answers pings
+            _ = try await answering.next()
+            let silent = try await StalledSocket.connect(port: api.port, path: "/v1/events", token: f.member.token)
+            while api.app.bus.connectionCount < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            let start = ContinuousClock.now
+            while api.app.bus.connectionCount > 1 {
+                try #require(start.duration(to: .now) < .seconds(5), "the silent socket was never dropped")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try await Task.sleep(for: .milliseconds(600))  // three more heartbeats
+            _ = try await api.say("after the heartbeats", in: f.conversationID, as: f.admin)
+            let e = try await answering.next(where: { $0["event"] as? String == "message.created" })
+            #expect((e["data"] as? [String: Any])?["text"] as? String == "after the heartbeats")
+            await silent.close()
+            await answering.close()
         }
     }
 
