@@ -107,7 +107,7 @@ function navigate(path, { replace = false } = {}) {
 }
 
 function decide(url) {
-  const segments = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  const segments = url.pathname.split('/').filter(Boolean).map((s) => { try { return decodeURIComponent(s); } catch { return s; } });
   const first = segments[0] ?? '';
   if (!user && !PUBLIC.has(first)) {
     const next = first ? `?next=${encodeURIComponent(url.pathname + url.search)}` : '';
@@ -142,7 +142,14 @@ async function run() {
   }
   await unload();
   if (!name) { showNotFound(); return; }
-  await load(name, url, segments);
+  const nodes = [];
+  try {
+    await load(name, url, segments, nodes);
+  } catch (e) {
+    // A micro-frontend that failed to load leaves nothing behind either.
+    if (current?.nodes === nodes) await unload(); else for (const n of nodes) n.remove();
+    throw e;
+  }
 }
 
 function markNav(first) {
@@ -160,13 +167,12 @@ function updateContext(ctx, url, segments) {
 }
 
 // ---- loading and unloading micro-frontends ----------------------------------------------------
-async function load(name, url, segments) {
+async function load(name, url, segments, nodes) {
   app.setAttribute('aria-busy', 'true');
   const source = new URL(`${name}/index.html`, base);
   const html = await fetchHTML(name);
   const doc = new DOMParser().parseFromString(html, 'text/html');
   const globals = new Set(Object.getOwnPropertyNames(window));
-  const nodes = [];
   const absolute = (v) => new URL(v, source).href;
 
   // Styles first and waited for, so the markup never shows unstyled.
