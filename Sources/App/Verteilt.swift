@@ -30,6 +30,9 @@ public struct Verteilt: Sendable {
     public static func build(_ config: AppConfiguration, logger: Logger? = nil) async throws -> Verteilt {
         var logger = logger ?? Logger(label: "verteilt")
         logger.logLevel = config.logLevel
+        // The web app's files first: a missing file is an error before the database is opened.
+        let web = try WebApp(configuration: config.web, limits: .init(
+            maxTextLength: config.maxTextLength, maxBodySize: config.gateway.maxBodySize))
         let db = try await DatabaseFactory.open(url: config.databaseURL, logger: logger)
         let hasher = PasswordHasher(cost: config.bcryptCost)
         // Groups need to look users up; users need groups to decide whose email a user may see.
@@ -64,8 +67,6 @@ public struct Verteilt: Sendable {
             let parts = try GroupPageBuilder.parts(request.uri.queryParameters.get("fields"))
             return try await pages.page(groupID: id, caller: caller, parts: parts)
         }
-        let web = try WebApp(configuration: config.web, limits: .init(
-            maxTextLength: config.maxTextLength, maxBodySize: config.gateway.maxBodySize))
         web.addRoutes(to: router, gateway: gateway, users: directory)
         router.get("/healthz") { _, _ in ["status": "ok"] }
         router.get("/readyz") { _, _ -> [String: String] in

@@ -88,11 +88,19 @@ public struct WebApp: Sendable {
     }
 
     /// The files SwiftPM copied next to the executable (`verteilt_Web.resources/Static`).
+    /// Looked up by hand on Linux: `Bundle.module` stops the process when the bundle is missing
+    /// (a binary copied without its resources), and this should be an error that says what to do.
     static func bundledRoot() throws -> URL {
-        guard let url = Bundle.module.url(forResource: "Static", withExtension: nil) else {
-            throw WebError("the bundled web files are missing; set VERTEILT_WEB_ROOT to Sources/Web/Static")
-        }
+        let missing = WebError(
+            "the web app's files are missing: keep verteilt_Web.resources next to the binary, or set VERTEILT_WEB_ROOT to a copy of Sources/Web/Static")
+        #if os(Linux)
+        let url = Bundle.main.bundleURL.appendingPathComponent("verteilt_Web.resources/Static", isDirectory: true)
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent("index.html").path) else { throw missing }
         return url
+        #else
+        guard let url = Bundle.module.url(forResource: "Static", withExtension: nil) else { throw missing }
+        return url
+        #endif
     }
 
     static func asset(_ data: Data, type: String) -> Asset {

@@ -4,6 +4,7 @@ import NIOCore
 import HTTPTypes
 import Testing
 import TestSupport
+import Web
 
 /// The web app's HTTP side against the real server: the shell for deep links, `/config.json`,
 /// the static files with their types, caching and compression, and `/api/session`.
@@ -173,5 +174,26 @@ struct CompressionTests {
             let missing = try await api.request("/api/groups/nope", method: .get, token: acct.token, headers: [.acceptEncoding: "gzip"])
             #expect(missing.status == .notFound && missing.isErrorShape)
         }
+    }
+}
+
+@Suite("web: where the files come from")
+struct WebFilesTests {
+    @Test
+    func aMissingDirectoryIsAClearErrorAtStart() throws {
+        var config = WebApp.Configuration()
+        config.root = "/nonexistent/web"
+        #expect(throws: (any Error).self) { try WebApp(configuration: config, limits: .init(maxTextLength: 10, maxBodySize: 10)) }
+    }
+
+    @Test
+    func theSourceDirectoryServesTheSameVersionAsTheBundle() throws {
+        let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../Sources/Web/Static").standardizedFileURL.path
+        var config = WebApp.Configuration()
+        config.root = source
+        let fromSource = try WebApp(configuration: config, limits: .init(maxTextLength: 10, maxBodySize: 10))
+        let bundled = try WebApp(limits: .init(maxTextLength: 10, maxBodySize: 10))
+        #expect(fromSource.version == bundled.version, "the build copied every file")
     }
 }
