@@ -28,7 +28,8 @@ import urllib.request
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager reach for the network
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException  # noqa: E402
+from selenium.common.exceptions import (ElementClickInterceptedException, ElementNotInteractableException,
+                                        NoSuchElementException, StaleElementReferenceException, TimeoutException)  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -176,6 +177,19 @@ class WebAppInABrowser(unittest.TestCase):
     def el(self, driver, css):
         return driver.find_element(By.CSS_SELECTOR, css)
 
+    def click(self, driver, css):
+        """Clicks the element, finding it again if a live update replaced it meanwhile."""
+        def attempt(d):
+            el = d.find_element(By.CSS_SELECTOR, css)
+            if not el.is_displayed():
+                return False
+            try:
+                el.click()
+            except (ElementClickInterceptedException, ElementNotInteractableException):
+                return False
+            return True
+        self.wait(driver, attempt, f"click {css}")
+
     def visible(self, driver, css):
         def check(d):
             found = [e for e in d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
@@ -233,7 +247,7 @@ class WebAppInABrowser(unittest.TestCase):
         self.fill(driver, "#signup-first_name", first)
         self.fill(driver, "#signup-email", email)
         self.fill(driver, "#signup-password", password)
-        self.el(driver, "#signup-form button[type=submit]").click()
+        self.click(driver, "#signup-form button[type=submit]")
 
     def send(self, driver, text):
         box = self.visible(driver, "#composer-text")
@@ -282,7 +296,7 @@ class WebAppInABrowser(unittest.TestCase):
         self.shot(ada, "01-login")
 
         # Sign-up: the server's error appears next to the field it names, and clears on retry.
-        self.el(ada, "#login-form a[href^='/account/signup']").click()
+        self.click(ada, "#login-form a[href^='/account/signup']")
         self.visible(ada, "#signup-first_name")
         self.sign_up(ada, "Ada", f"ada-{suffix}@example.com", password="short")
         err = self.wait(ada, lambda d: self.el(d, "#signup-password-error").text, "password error")
@@ -291,27 +305,27 @@ class WebAppInABrowser(unittest.TestCase):
         self.assert_labelled(ada, "sign-up")
         self.shot(ada, "02-signup-error")
         self.fill(ada, "#signup-password", "correct horse battery")
-        self.el(ada, "#signup-form button[type=submit]").click()
+        self.click(ada, "#signup-form button[type=submit]")
         self.wait(ada, lambda d: d.current_url.endswith("/groups"), "signed in, at /groups")
         self.visible(ada, "#new-group-name")
         self.assertEqual(self.el(ada, "#signup-password-error").text if ada.find_elements(By.CSS_SELECTOR, "#signup-password-error") else "", "")
 
         # Ada creates a group (it starts with a "General" conversation) and an invite link.
         self.fill(ada, "#new-group-name", "Friends")
-        self.el(ada, "#new-group-form button[type=submit]").click()
+        self.click(ada, "#new-group-form button[type=submit]")
         self.wait(ada, lambda d: "/groups/" in d.current_url, "group page")
         group_id = ada.current_url.rstrip("/").split("/")[-1]
         general = self.visible(ada, "a[data-conversation-id]")
         conversation_id = general.get_attribute("data-conversation-id")
         self.assertIn("General", general.text)
-        self.el(ada, "#invite-panel summary").click()
-        self.visible(ada, "#create-link").click()
+        self.click(ada, "#invite-panel summary")
+        self.click(ada, "#create-link")
         link = self.wait(ada, lambda d: self.el(d, "#invite-link").get_attribute("value"), "invite link")
         self.assertTrue(link.startswith(base + "/invite/"), link)
-        self.el(ada, "#copy-link").click()
+        self.click(ada, "#copy-link")
         self.wait(ada, lambda d: self.el(d, "#copy-link").text == "Copied", "link copied")
         self.fill(ada, "#invite-email", "carol@example.com")
-        self.el(ada, "#invite-email-form button[type=submit]").click()
+        self.click(ada, "#invite-email-form button[type=submit]")
         self.wait(ada, lambda d: "Invited carol@example.com" in self.el(d, "#invite-email-result").text
                   and base + "/invite/" in self.el(d, "#invite-email-result").text, "email invite made")
         self.assert_labelled(ada, "group page")
@@ -322,18 +336,18 @@ class WebAppInABrowser(unittest.TestCase):
         self.wait(bob, lambda d: "Friends" in self.el(d, "#invite-title").text, "invite preview")
         self.assertIn("Ada", self.el(bob, "#invite-text").text)
         self.shot(bob, "04-invite-preview-phone")
-        self.visible(bob, "#invite-signup").click()
+        self.click(bob, "#invite-signup")
         self.visible(bob, "#signup-first_name")
         self.sign_up(bob, "Bob", f"bob-{suffix}@example.com")
         self.wait(bob, lambda d: "/invite/" in d.current_url, "back at the invite after sign-up")
-        self.visible(bob, "#invite-accept").click()
+        self.click(bob, "#invite-accept")
         self.wait(bob, lambda d: d.current_url.endswith(f"/groups/{group_id}"), "joined: group page")
         self.visible(bob, f"a[data-conversation-id='{conversation_id}']")
         # Ada's member list shows Bob at once (member.joined, then the page's members part).
         self.wait(ada, lambda d: "Bob" in self.el(d, "#member-list").text, "bob appears in ada's member list")
 
         # Ada opens the conversation and writes; Bob, on the group page, sees the badges count.
-        self.el(ada, f"a[data-conversation-id='{conversation_id}']").click()
+        self.click(ada, f"a[data-conversation-id='{conversation_id}']")
         self.wait(ada, lambda d: d.current_url.endswith(f"/{conversation_id}"), "conversation open")
         self.wait(ada, lambda d: self.state(d)["realtime"] == "live", "ada live")
         self.wait(bob, lambda d: self.state(d)["realtime"] == "live", "bob live")
@@ -344,7 +358,7 @@ class WebAppInABrowser(unittest.TestCase):
         self.shot(bob, "05-unread-badge-phone")
 
         # Bob opens it: both messages, the badge clears; his answer appears live at Ada's.
-        self.el(bob, f"a[data-conversation-id='{conversation_id}']").click()
+        self.click(bob, f"a[data-conversation-id='{conversation_id}']")
         self.wait(bob, lambda d: self.texts(d)[-2:] == ["Hello Bob", "Are you there?"], "bob sees both")
         self.wait(bob, lambda d: self.badge(d, f"a[data-conversation-id='{conversation_id}']") == 0, "badge cleared")
         composer_before = ada.execute_script("return document.getElementById('composer').getBoundingClientRect().toJSON()")
@@ -426,7 +440,7 @@ class WebAppInABrowser(unittest.TestCase):
 
         # Search finds messages of the group.
         self.fill(ada, "#search-query", "away")
-        self.el(ada, "#search-form button[type=submit]").click()
+        self.click(ada, "#search-form button[type=submit]")
         self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#search-results li a")) == 3, "three search hits")
 
         # Older messages load on scrolling up, and the list stays where the reader was.
@@ -459,7 +473,7 @@ class WebAppInABrowser(unittest.TestCase):
         self.wait(ada, lambda d: d.find_elements(By.CSS_SELECTOR, "#message-list article.msg.pending"), "shown at once, pending")
         self.wait(ada, lambda d: d.find_elements(By.CSS_SELECTOR, "#message-list article.msg.failed"), "not sent, after retries", timeout=30)
         ada.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
-        self.el(ada, "#message-list article.msg.failed .status button").click()
+        self.click(ada, "#message-list article.msg.failed .status button")
         self.wait(ada, lambda d: "Sent through a bad network" in self.texts(d), "sent on retry")
         self.wait(bob, lambda d: self.texts(d).count("Sent through a bad network") == 1, "bob gets it once")
         self.assertEqual(self.texts(ada).count("Sent through a bad network"), 1)
@@ -469,22 +483,22 @@ class WebAppInABrowser(unittest.TestCase):
         self.visible(ada, f"a[data-group-id='{group_id}']")
         self.send(bob, "Anyone for lunch?")
         self.wait(ada, lambda d: self.badge(d, f"a[data-group-id='{group_id}']") == 1, "ada's group badge counts 1")
-        self.el(ada, f"a[data-group-id='{group_id}']").click()
+        self.click(ada, f"a[data-group-id='{group_id}']")
         self.wait(ada, lambda d: self.badge(d, f"a[data-conversation-id='{conversation_id}']") == 1, "and its conversation 1")
-        self.el(ada, f"a[data-conversation-id='{conversation_id}']").click()
+        self.click(ada, f"a[data-conversation-id='{conversation_id}']")
         self.wait(ada, lambda d: "Anyone for lunch?" in self.texts(d), "ada reads it")
         self.wait(ada, lambda d: self.badge(d, f"a[data-group-id='{group_id}']") == 0, "group badge cleared")
 
         # A private chat: Ada opens one from the member list; Bob's chat badge counts and clears.
         ada.get(f"{base}/groups/{group_id}")
-        self.visible(ada, "#member-list button").click()
+        self.click(ada, "#member-list button")
         self.wait(ada, lambda d: "/chats/" in d.current_url, "private chat open")
         chat_id = ada.current_url.rstrip("/").split("/")[-1]
         self.wait(ada, lambda d: self.state(d)["realtime"] == "live", "ada live in the chat")
         self.send(ada, "Just between us")
         bob.get(f"{base}/chats")
         self.wait(bob, lambda d: self.badge(d, f"a[data-chat-id='{chat_id}']") == 1, "bob's chat badge")
-        self.el(bob, f"a[data-chat-id='{chat_id}']").click()
+        self.click(bob, f"a[data-chat-id='{chat_id}']")
         self.wait(bob, lambda d: self.texts(d) == ["Just between us"], "bob reads the private message")
         self.wait(bob, lambda d: self.badge(d, f"a[data-chat-id='{chat_id}']") == 0, "chat badge cleared")
         self.send(bob, "Sure")
@@ -497,20 +511,20 @@ class WebAppInABrowser(unittest.TestCase):
             mfNodes: [...document.querySelectorAll('[data-mf]')].map(n => n.tagName + ':' + n.dataset.mf).sort(),
             head: document.head.children.length, body: document.body.children.length,
             chatHandle: typeof window.verteiltChat }"""
-        self.el(ada, "nav a[href='/settings']").click()
+        self.click(ada, "nav a[href='/settings']")
         self.wait(ada, lambda d: self.state(d)["microFrontend"] == "settings", "settings loaded")
         self.visible(ada, "#profile-first_name")
         baseline = ada.execute_script(footprint)
         self.assertEqual(baseline["chatHandle"], "undefined")
         self.assertTrue(all(n.endswith(":settings") for n in baseline["mfNodes"]), baseline["mfNodes"])
         for _ in range(2):
-            self.el(ada, "nav a[href='/groups']").click()
+            self.click(ada, "nav a[href='/groups']")
             self.wait(ada, lambda d: self.state(d)["microFrontend"] == "chat", "chat loaded")
             self.visible(ada, "#new-group-name")
             in_chat = ada.execute_script(footprint)
             self.assertEqual(in_chat["chatHandle"], "object", "the chat adds its handle while loaded")
             self.assertFalse([n for n in in_chat["mfNodes"] if n.endswith(":settings")], in_chat["mfNodes"])
-            self.el(ada, "nav a[href='/settings']").click()
+            self.click(ada, "nav a[href='/settings']")
             self.wait(ada, lambda d: self.state(d)["microFrontend"] == "settings", "settings again")
             self.visible(ada, "#profile-first_name")
             self.assertEqual(ada.execute_script(footprint), baseline)
@@ -522,41 +536,41 @@ class WebAppInABrowser(unittest.TestCase):
         ada_email, ada_password = f"ada-{suffix}@example.com", "correct horse battery"
         ada.get(f"{base}/settings/profile")
         self.fill(ada, "#profile-last_name", "Lovelace")
-        self.el(ada, "#profile-form button[type=submit]").click()
+        self.click(ada, "#profile-form button[type=submit]")
         self.wait(ada, lambda d: self.el(d, "#profile-form .form-ok").text == "Saved.", "profile saved")
         other = post_json(base, "users/Login", {"email": ada_email, "password": ada_password})
-        self.el(ada, "a[data-tab='sessions']").click()
+        self.click(ada, "a[data-tab='sessions']")
         self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) == 2, "two sessions listed")
         self.assert_labelled(ada, "sessions")
         self.shot(ada, "09-settings-sessions")
-        self.el(ada, "#session-list li button.danger").click()
+        self.click(ada, "#session-list li button.danger")
         self.wait(ada, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#session-list li")) == 1, "the other session revoked")
         with self.assertRaises(urllib.error.HTTPError) as revoked:
             post_json(base, "users/ListSessions", {}, other["token"])
         self.assertEqual(revoked.exception.code, 401)
 
         # Password: a wrong current password is shown next to that field; then it changes.
-        self.el(ada, "a[data-tab='password']").click()
+        self.click(ada, "a[data-tab='password']")
         self.fill(ada, "#password-old_password", "not my password")
         self.fill(ada, "#password-password", "a brand new passphrase")
-        self.el(ada, "#password-form button[type=submit]").click()
+        self.click(ada, "#password-form button[type=submit]")
         self.wait(ada, lambda d: self.el(d, "#password-old_password-error").text, "wrong current password shown at its field")
         self.fill(ada, "#password-old_password", ada_password)
         self.fill(ada, "#password-password", "a brand new passphrase")
-        self.el(ada, "#password-form button[type=submit]").click()
+        self.click(ada, "#password-form button[type=submit]")
         self.wait(ada, lambda d: "Password changed" in self.el(d, "#password-form .form-ok").text, "password changed")
 
         # Log out, and log in again with the new password (a wrong one is shown first).
-        self.el(ada, "#logout-link").click()
+        self.click(ada, "#logout-link")
         self.wait(ada, lambda d: "/account/login" in d.current_url and self.state(d)["user"] is None, "logged out")
         ada.get(f"{base}/groups/{group_id}")
         self.wait(ada, lambda d: "/account/login" in d.current_url, "signed-out deep link goes to login")
         self.fill(ada, "#login-email", ada_email)
         self.fill(ada, "#login-password", ada_password)
-        self.el(ada, "#login-form button[type=submit]").click()
+        self.click(ada, "#login-form button[type=submit]")
         self.wait(ada, lambda d: "invalid email or password" in self.el(d, "#login-form [role=alert]").text, "old password refused")
         self.fill(ada, "#login-password", "a brand new passphrase")
-        self.el(ada, "#login-form button[type=submit]").click()
+        self.click(ada, "#login-form button[type=submit]")
         self.wait(ada, lambda d: d.current_url.endswith(f"/groups/{group_id}"), "logged in, back where the deep link pointed")
         self.visible(ada, f"a[data-conversation-id='{conversation_id}']")
 
