@@ -335,6 +335,7 @@ class WebAppInABrowser(unittest.TestCase):
         bob.get(link)
         self.wait(bob, lambda d: "Friends" in self.el(d, "#invite-title").text, "invite preview")
         self.assertIn("Ada", self.el(bob, "#invite-text").text)
+        self.assertFalse(self.el(bob, "#main-nav").is_displayed(), "no app navigation while signed out")
         self.shot(bob, "04-invite-preview-phone")
         self.click(bob, "#invite-signup")
         self.visible(bob, "#signup-first_name")
@@ -491,6 +492,9 @@ class WebAppInABrowser(unittest.TestCase):
 
         # A private chat: Ada opens one from the member list; Bob's chat badge counts and clears.
         ada.get(f"{base}/groups/{group_id}")
+        # What she read stays read after leaving the page at once.
+        self.visible(ada, f"a[data-group-id='{group_id}']")
+        self.assertEqual(self.badge(ada, f"a[data-group-id='{group_id}']"), 0)
         self.click(ada, "#member-list button")
         self.wait(ada, lambda d: "/chats/" in d.current_url, "private chat open")
         chat_id = ada.current_url.rstrip("/").split("/")[-1]

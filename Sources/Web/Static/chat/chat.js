@@ -25,6 +25,7 @@ function newState(ctx) {
     typingTimer: null,
     unreadTimer: null,
     seenTimer: null,
+    seenPending: null,
     renderedDay: null,
     listeners: [],
     retries: new Map(),
@@ -120,6 +121,7 @@ function refreshUnreadSoon() {
   }, 800);
 }
 
+/** The open place is read up to its newest message: at once, then at most every 300 ms. */
 function markSeenSoon() {
   if (!S.open || document.visibilityState === 'hidden') return;
   const open = S.open;
@@ -127,10 +129,18 @@ function markSeenSoon() {
   S.unread[open.kind === 'thread' ? 'threads' : 'chats'][open.id] = 0;
   renderBadges();
   if (!newest) return;
-  clearTimeout(S.seenTimer);
-  S.seenTimer = setTimeout(() => {
-    call('seen/Set', { resource_type: open.kind, resource_id: open.id, timestamp: newest.sent_at }).catch(() => {});
-  }, 300);
+  S.seenPending = { resource_type: open.kind, resource_id: open.id, timestamp: newest.sent_at };
+  if (S.seenTimer) return;
+  flushSeen();
+  S.seenTimer = setTimeout(() => { if (S) { S.seenTimer = null; flushSeen(); } }, 300);
+}
+
+/** Sends the pending read mark; `keepalive` lets it outlive a page that is being left. */
+function flushSeen(keepalive = false) {
+  const mark = S?.seenPending;
+  if (!mark) return;
+  S.seenPending = null;
+  S.ctx.api.call('seen/Set', mark, { keepalive }).catch(() => {});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -813,6 +823,7 @@ function wire(ctx) {
   });
   on($('#new-below'), 'click', () => { list.scrollTop = list.scrollHeight; $('#new-below').hidden = true; });
   on(document, 'visibilitychange', () => { if (document.visibilityState === 'visible') markSeenSoon(); });
+  on(window, 'pagehide', () => flushSeen(true));
 }
 
 window.verteilt.register('chat', {
@@ -854,6 +865,7 @@ window.verteilt.register('chat', {
     } catch (e) { failed(ctx, e); }
   },
   unmount() {
+    flushSeen();
     for (const off of S.listeners.splice(0)) off();
     S.typing.forEach((t) => clearTimeout(t));
     clearTimeout(S.unreadTimer);

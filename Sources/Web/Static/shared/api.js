@@ -40,11 +40,11 @@ export function createApiClient({ onUnauthorized } = {}) {
 
   return {
     /** POST /v1/{service}/{Method}: `call('threads/CreateMessage', {...})`. */
-    call(method, body = {}, { signal } = {}) {
+    call(method, body = {}, { signal, keepalive = false } = {}) {
       // A JSON content type on every call: a cross-site form cannot send one, so together with
       // the SameSite cookie it keeps cookie-authenticated calls safe from request forgery.
       return send(`/v1/${method}`, {
-        method: 'POST', signal,
+        method: 'POST', signal, keepalive,
         headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
         body: JSON.stringify(body),
       });
