@@ -572,7 +572,7 @@ class WebAppInABrowser(unittest.TestCase):
         self.fill(ada, "#login-email", ada_email)
         self.fill(ada, "#login-password", ada_password)
         self.click(ada, "#login-form button[type=submit]")
-        self.wait(ada, lambda d: "invalid email or password" in self.el(d, "#login-form [role=alert]").text, "old password refused")
+        self.wait(ada, lambda d: "Invalid email or password" in self.el(d, "#login-form [role=alert]").text, "old password refused")
         self.fill(ada, "#login-password", "a brand new passphrase")
         self.click(ada, "#login-form button[type=submit]")
         self.wait(ada, lambda d: d.current_url.endswith(f"/groups/{group_id}"), "logged in, back where the deep link pointed")

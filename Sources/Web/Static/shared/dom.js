@@ -27,14 +27,15 @@ export function showFormError(form, err) {
   if (target && target.id) {
     const msg = document.getElementById(`${target.id}-error`);
     if (msg) {
-      msg.textContent = field ? err.message : err.detail;
+      const text = field ? err.message : err.detail;
+      msg.textContent = text.charAt(0).toUpperCase() + text.slice(1);
       target.setAttribute('aria-invalid', 'true');
       target.focus();
       return;
     }
   }
   const alert = form.querySelector('[role="alert"]');
-  if (alert) alert.textContent = err.detail;
+  if (alert) alert.textContent = err.detail.charAt(0).toUpperCase() + err.detail.slice(1);
 }
 
 function guessField(form, detail) {
