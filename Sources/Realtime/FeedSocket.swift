@@ -45,16 +45,27 @@ struct FeedSocket: Sendable {
         }
         let audiences = NIOLockedValueBox(Audiences(user: user, groups: roles, chats: chatIDs))
         // One task per connection, no more (each costs memory when thousands sit idle): replay
-        // what was missed, hand the socket to the bus for live events, then read client frames.
-        // Frames a client sends during the replay wait in the socket until it is done.
-        // A server shutting down closes its sockets rather than waiting for clients to leave.
+        // what was missed, let the bus write live events, then read client frames. Frames a
+        // client sends during the replay wait in the socket until it is done. The bus holds the
+        // connection from the start, so heartbeats and ephemeral frames cover the replay too.
         let closeTimeout = TimeAmount.nanoseconds(Int64(limits.closeTimeout.components.seconds) * 1_000_000_000
             + limits.closeTimeout.components.attoseconds / 1_000_000_000)
+        let wire = FeedWire(eventLoop: channel.eventLoop)
+        let feed = LiveFeed(user: user, wire: wire, audiences: audiences, closeTimeout: closeTimeout)
+        let bus = self.bus
+        do {
+            try await channel.eventLoop.submit {
+                wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
+                try wire.install(in: channel)
+            }.get()
+        } catch {
+            return
+        }
+        bus.attach(feed)
+        defer { bus.detach(feed) }
+        // A server shutting down closes its sockets rather than waiting for clients to leave.
         await withGracefulShutdownHandler {
-            guard let feed = await replay(user: user, since: since, audiences: audiences, channel: channel,
-                                          outbound: outbound, closeTimeout: closeTimeout, logger: logger) else { return }
-            bus.attach(feed)
-            defer { bus.detach(feed) }
+            guard await replay(feed, since: since, outbound: outbound, logger: logger) else { return }
             await receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
         } onGracefulShutdown: {
             channel.eventLoop.scheduleTask(in: closeTimeout) { channel.close(promise: nil) }
@@ -63,10 +74,9 @@ struct FeedSocket: Sendable {
 
     // MARK: Server to client
 
-    /// Replays what the client missed through the socket's writer and returns the connection,
-    /// caught up, ready for the bus; nil when it was closed instead.
-    func replay(user: String, since: Int64?, audiences: NIOLockedValueBox<Audiences>, channel: any Channel,
-                outbound: WebSocketOutboundWriter, closeTimeout: TimeAmount, logger: Logger) async -> LiveFeed? {
+    /// Replays what the client missed through the socket's writer, then lets the bus write to
+    /// it. False when the connection was closed instead.
+    func replay(_ feed: LiveFeed, since: Int64?, outbound: WebSocketOutboundWriter, logger: Logger) async -> Bool {
         var cursor = since ?? bus.head
         do {
             try await outbound.writeTextMessage(#"{"type":"ready","cursor":\#(cursor)}"#)
@@ -77,53 +87,32 @@ struct FeedSocket: Sendable {
                     cursor = bus.head
                     try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
                 case .behind:
-                    try await close(outbound, channel, code: FeedCloseCode.resume, reason: "resume from your cursor")
-                    return nil
+                    await feed.end(code: FeedCloseCode.resume, reason: "resume from your cursor")
+                    return false
                 case .events(let events):
                     if events.isEmpty { break replay }
                     for e in events {
-                        if case .userDeleted(let u)? = e.change, u == user {
-                            try await close(outbound, channel, code: FeedCloseCode.accountDeleted, reason: "account deleted")
-                            return nil
+                        if case .userDeleted(let u)? = e.change, u == feed.user {
+                            await feed.end(code: FeedCloseCode.accountDeleted, reason: "account deleted")
+                            return false
                         }
-                        let visible = audiences.withLockedValue { a -> Bool in
+                        let visible = feed.audiences.withLockedValue { a -> Bool in
                             if let c = e.change { a.before(c) }
                             return a.contains(e.audience)
                         }
                         if visible { try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame))) }
-                        if let c = e.change { audiences.withLockedValue { $0.after(c) } }
+                        if let c = e.change { feed.audiences.withLockedValue { $0.after(c) } }
                         cursor = e.seq
                     }
                 }
             }
-            let wire = FeedWire(eventLoop: channel.eventLoop)
-            let feed = LiveFeed(user: user, wire: wire, audiences: audiences, cursor: cursor, closeTimeout: closeTimeout)
-            let bus = self.bus
-            try await channel.eventLoop.submit {
-                wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
-                try channel.pipeline.syncOperations.addHandler(wire, position: .first)
-            }.get()
-            return feed
+            await feed.goLive(from: cursor, bus: bus)
+            return true
         } catch {
+            // The socket closed under the replay (the client left, or a heartbeat went unanswered).
             logger.debug("feed replay ended", metadata: ["error": .string("\(error)")])
-            return nil
+            return false
         }
-    }
-
-    /// Sends a close frame; a reader that has stopped reading cannot receive one, so past the
-    /// close timeout the connection is dropped.
-    func close(_ outbound: WebSocketOutboundWriter, _ channel: any Channel, code: UInt16, reason: String) async throws {
-        let sent = await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await outbound.close(.unknown(code), reason: reason)) != nil }
-            group.addTask {
-                try? await Task.sleep(for: limits.closeTimeout)
-                return false
-            }
-            let first = await group.next() ?? false
-            group.cancelAll()
-            return first
-        }
-        if !sent { try await channel.close() }
     }
 
     // MARK: Client to server

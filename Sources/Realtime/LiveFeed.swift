@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOWebSocket
 
 /// A WebSocket text frame as it goes on the wire from a server (unmasked, no extensions), so one
 /// encoding serves every connection.
@@ -49,15 +50,31 @@ final class LiveFeed: @unchecked Sendable {
     let audiences: NIOLockedValueBox<Audiences>
     let closeTimeout: TimeAmount
     /// The last event this connection has been handed (written, or skipped as not its audience).
-    private var cursor: Int64
+    private var cursor: Int64 = 0
+    /// Until the replay through the socket's writer is done, the bus only pings and sends
+    /// ephemeral frames.
+    private var replaying = true
     private var ending = false
 
-    init(user: String, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, cursor: Int64, closeTimeout: TimeAmount) {
+    init(user: String, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, closeTimeout: TimeAmount) {
         self.user = user
         self.wire = wire
         self.audiences = audiences
-        self.cursor = cursor
         self.closeTimeout = closeTimeout
+    }
+
+    /// Ends the replay at `cursor`: from here the bus writes everything after it.
+    func goLive(from cursor: Int64, bus: EventBus) async {
+        try? await eventLoop.submit {
+            self.cursor = cursor
+            self.replaying = false
+            bus.pushPending(self)
+        }.get()
+    }
+
+    /// Closes from the connection's task (the replay), the same way the bus does.
+    func end(code: UInt16, reason: String) async {
+        try? await eventLoop.submit { self.end(code: code, reason: reason) }.get()
     }
 
     var eventLoop: any EventLoop { wire.eventLoop }
@@ -70,7 +87,7 @@ final class LiveFeed: @unchecked Sendable {
     /// is told to resume from its cursor.
     func push(batch: ArraySlice<FeedEvent>, batchBase: Int64, windowBase: Int64, bus: EventBus) {
         eventLoop.preconditionInEventLoop()
-        guard !ending else { return }
+        guard !ending, !replaying else { return }
         // Checked even when the channel cannot take writes: a reader that stopped reading must
         // not hold its place for ever.
         guard cursor >= windowBase else { return end(code: FeedCloseCode.resume, reason: "resume from your cursor") }
@@ -136,6 +153,7 @@ final class LiveFeed: @unchecked Sendable {
     /// client has not completed the close by the timeout: a reader that stopped reading never
     /// will. The connection's task ends when the socket does.
     private func end(code: UInt16, reason: String) {
+        guard !ending else { return }
         ending = true
         wire.write(WireFrame.close(code: code, reason: reason))
         wire.flush()
@@ -160,6 +178,17 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
     private(set) var lastRead = NIODeadline.now()
 
     init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    /// Puts the wire right below the WebSocket encoder: its writes skip the encoder but still go
+    /// through anything nearer the socket (TLS, were the server to terminate it itself).
+    func install(in channel: any Channel) throws {
+        let pipeline = channel.pipeline.syncOperations
+        if let encoder = try? pipeline.handler(type: WebSocketFrameEncoder.self) {
+            try pipeline.addHandler(self, position: .before(encoder))
+        } else {
+            try pipeline.addHandler(self, position: .first)
+        }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastRead = .now()

@@ -127,7 +127,7 @@ public struct RealtimeGateway: Sendable {
             return
         }
         let wire = FeedWire(eventLoop: channel.eventLoop)
-        guard (try? await channel.eventLoop.submit({ try channel.pipeline.syncOperations.addHandler(wire, position: .first) }).get()) != nil
+        guard (try? await channel.eventLoop.submit({ try wire.install(in: channel) }).get()) != nil
         else { return }
         let (id, signals) = bus.subscribe()
         defer { bus.unsubscribe(id) }

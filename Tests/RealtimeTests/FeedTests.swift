@@ -263,6 +263,35 @@ struct FeedTests {
 
 @Suite("realtime: a reader that stops reading")
 struct SlowConsumerTests {
+    /// A reconnecting client that stops reading in the middle of its replay is dropped by the
+    /// heartbeat, not left holding a task and a blocked writer.
+    @Test(arguments: Backend.all)
+    func aReaderThatStallsDuringItsReplayIsDropped(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: {
+            $0.realtime.heartbeat = .milliseconds(200)
+            $0.realtime.closeTimeout = .milliseconds(300)
+            $0.maxTextLength = 70_000
+        }) { api in
+            let f = try await api.fixture()
+            let text = String(repeating: "y", count: 60_000)
+            for i in 0..<150 { _ = try await api.say(text, in: f.conversationID, as: f.admin, id: "b-\(i)") }
+            let stalled = try await StalledSocket.connect(port: api.port, path: "/v1/events?since=0", token: f.member.token)
+            let start = ContinuousClock.now
+            while api.app.bus.connectionCount > 0 {
+                try #require(start.duration(to: .now) < .seconds(10), "the stalled replay was never dropped")
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            // The server closed it (drain waits for that); what arrived is an in-order prefix.
+            let (texts, _) = try await stalled.drain()
+            let ids = texts.compactMap { t -> String? in
+                guard let frame = try? JSONSerialization.jsonObject(with: Data(t.utf8)) as? [String: Any],
+                      frame["event"] as? String == "message.created" else { return nil }
+                return (frame["data"] as? [String: Any])?["id"] as? String
+            }
+            #expect(ids == (0..<ids.count).map { "b-\($0)" })
+        }
+    }
+
     /// A member's socket stops reading while the group is busy. The server keeps at most a
     /// channel's high-water mark for it, closes it once it is further behind than the bus's
     /// window, and others keep receiving meanwhile; reconnecting from the last cursor it got
