@@ -187,6 +187,16 @@ async function load(name, url, segments, nodes) {
     nodes.push(el);
     link.remove();
   }
+  // Module preloads start the micro-frontend's imports alongside its script, not after it.
+  for (const link of doc.querySelectorAll('link[rel="modulepreload"]')) {
+    const el = document.createElement('link');
+    el.rel = 'modulepreload';
+    el.href = absolute(link.getAttribute('href'));
+    el.dataset.mf = name;
+    document.head.append(el);
+    nodes.push(el);
+    link.remove();
+  }
   const scripts = [...doc.querySelectorAll('script')];
   for (const s of scripts) s.remove();
 

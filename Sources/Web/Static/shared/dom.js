@@ -21,6 +21,8 @@ export function h(tag, attrs = {}, ...children) {
 /** Shows the server's errors next to the fields they name, and the rest in the form's alert. */
 export function showFormError(form, err) {
   clearFormErrors(form);
+  // Anything but an ApiError is a bug or a lost connection: still say something readable.
+  if (typeof err?.detail !== 'string') err = { detail: String(err?.message ?? err), field: null, message: String(err?.message ?? err) };
   const field = err.field && form.elements.namedItem(err.field);
   const guess = !field && guessField(form, err.detail);
   const target = field || guess;
