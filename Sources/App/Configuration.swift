@@ -4,6 +4,7 @@ import Logging
 import ServiceKit
 import Realtime
 import Users
+import Web
 
 /// Everything `verteilt serve` can be told; defaults are what a newcomer gets.
 public struct AppConfiguration: Sendable {
@@ -25,17 +26,20 @@ public struct AppConfiguration: Sendable {
     public var presenceGrace: Duration = .seconds(5)
     public var mail = MailSettings()
     public var workers = WorkerSettings()
+    /// The browser app's feature switches, labels and (for development) a directory to serve.
+    public var web = WebApp.Configuration()
 
     public init() {}
 
-    /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`, and the
-    /// mail and worker variables (`VERTEILT_SMTP_URL`, ..., see the README).
+    /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`,
+    /// `VERTEILT_WEB_ROOT`, and the mail and worker variables (`VERTEILT_SMTP_URL`, ..., see the README).
     public mutating func applyEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) {
         if let v = env["VERTEILT_HOST"], !v.isEmpty { host = v }
         if let v = env["VERTEILT_PORT"].flatMap(Int.init) { port = v }
         if let v = env["DATABASE_URL"], !v.isEmpty { databaseURL = v }
         if let v = env["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) { logLevel = v }
         if let v = env["BCRYPT_COST"].flatMap(UInt8.init) { bcryptCost = v }
+        if let v = env["VERTEILT_WEB_ROOT"], !v.isEmpty { web.root = v }
         if let v = env["VERTEILT_SMTP_URL"], !v.isEmpty { mail.smtpURL = v }
         if let v = env["VERTEILT_MAIL_FROM"], !v.isEmpty { mail.from = v }
         if let v = env["VERTEILT_PUBLIC_URL"], !v.isEmpty { mail.publicURL = v }

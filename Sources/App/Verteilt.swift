@@ -17,6 +17,7 @@ import ServiceKit
 import Storage
 import Threads
 import Users
+import Web
 import Workflows
 
 /// The composition root: one database, the services on it, the gateway in front of them.
@@ -35,6 +36,9 @@ public struct Verteilt: Sendable {
     public static func build(_ config: AppConfiguration, logger: Logger? = nil) async throws -> Verteilt {
         var logger = logger ?? Logger(label: "verteilt")
         logger.logLevel = config.logLevel
+        // The web app's files first: a missing file is an error before the database is opened.
+        let web = try WebApp(configuration: config.web, limits: .init(
+            maxTextLength: config.maxTextLength, maxBodySize: config.gateway.maxBodySize))
         let db = try await DatabaseFactory.open(url: config.databaseURL, logger: logger)
         let hasher = PasswordHasher(cost: config.bcryptCost)
         // Groups need to look users up; users need groups to decide whose email a user may see.
@@ -70,6 +74,7 @@ public struct Verteilt: Sendable {
 
         let router = Router(context: GatewayContext.self)
         router.add(middleware: RequestIDMiddleware())
+        router.add(middleware: CompressionMiddleware())
         gateway.addRoutes(to: router)
         realtime.addRoutes(to: router)
         gateway.page("/api/groups/:id", on: router) { request, context, caller in
@@ -77,6 +82,7 @@ public struct Verteilt: Sendable {
             let parts = try GroupPageBuilder.parts(request.uri.queryParameters.get("fields"))
             return try await pages.page(groupID: id, caller: caller, parts: parts)
         }
+        web.addRoutes(to: router, gateway: gateway, users: directory)
         router.get("/healthz") { _, _ in ["status": "ok"] }
         router.get("/readyz") { _, _ -> [String: String] in
             do {

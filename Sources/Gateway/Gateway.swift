@@ -93,6 +93,13 @@ public struct Gateway: Sendable {
         if caller == .anonymous, token != nil, endpoint.access != .anyone {
             throw ServiceError.unauthorized("invalid or expired session")
         }
+        // The browser sends its session as a cookie, which the browser adds by itself. A page of
+        // another site can post a form (text/plain, urlencoded) but not a JSON body without our
+        // consent (CORS): so a cookie-authenticated call must say it is JSON.
+        if caller != .anonymous, request.headers[.authorization] == nil,
+           request.headers[.contentType]?.lowercased().hasPrefix("application/json") != true {
+            throw ServiceError.forbidden("a call authenticated by the session cookie must send Content-Type: application/json")
+        }
         let proto = request.headers[HTTPField.Name("X-Forwarded-Proto")!]
         let callContext = CallContext(
             caller: caller, requestID: context.requestID, deadline: .now.advanced(by: config.requestTimeout),

@@ -186,7 +186,7 @@ struct FeedTests {
     @Test(arguments: Backend.all)
     func heartbeatsDropSilentSocketsAndKeepAnsweringOnes(_ backend: Backend) async throws {
         try await withTestApp(backend, configure: {
-            $0.realtime.heartbeat = .milliseconds(200)
+            $0.realtime.heartbeat = .milliseconds(500)
             $0.realtime.closeTimeout = .milliseconds(300)
         }) { api in
             let f = try await api.fixture()
@@ -199,7 +199,7 @@ struct FeedTests {
                 try #require(start.duration(to: .now) < .seconds(5), "the silent socket was never dropped")
                 try await Task.sleep(for: .milliseconds(20))
             }
-            try await Task.sleep(for: .milliseconds(600))  // three more heartbeats
+            try await Task.sleep(for: .milliseconds(1500))  // three more heartbeats
             _ = try await api.say("after the heartbeats", in: f.conversationID, as: f.admin)
             let e = try await answering.next(where: { $0["event"] as? String == "message.created" })
             #expect((e["data"] as? [String: Any])?["text"] as? String == "after the heartbeats")
