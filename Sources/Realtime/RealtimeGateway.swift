@@ -50,12 +50,30 @@ public struct RealtimeGateway: Sendable {
             }
             return .accepted(user: user, since: since)
         }
+        guard Self.cookieUseIsSameSite(headers) else {
+            return .rejected(.forbidden("a WebSocket signed in by the session cookie must come from this site's pages; use a ticket from streams/Token"))
+        }
         guard let (caller, _) = try? await gateway.caller(headers: headers) else { return .rejected(.unauthorized()) }
         switch caller {
         case .user(let id, _, _): return .accepted(user: id, since: since)
         case .serviceKey: return .rejected(.forbidden("the event feed is for user sessions"))
         case .anonymous: return .rejected(.unauthorized())
         }
+    }
+
+    /// Browsers send the session cookie with a WebSocket handshake that any page opens (no CORS
+    /// applies to WebSockets). SameSite keeps other sites out, but not other hosts of the same
+    /// site, so an upgrade carried by the cookie alone must come from a page of this host.
+    /// Bearer headers and tickets are never attached by a browser on its own.
+    static func cookieUseIsSameSite(_ headers: HTTPFields) -> Bool {
+        guard headers[.authorization] == nil, let origin = headers[.origin] else { return true }
+        func hostname(_ authority: Substring) -> Substring {
+            authority.hasPrefix("[") ? authority.prefix { $0 != "]" } : authority.prefix { $0 != ":" }
+        }
+        let host = headers[HTTPField.Name("X-Forwarded-Host")!]?.split(separator: ",").first ?? headers[.host]?[...]
+        guard let host, let schemeEnd = origin.range(of: "://") else { return false }
+        let originHost = hostname(origin[schemeEnd.upperBound...])
+        return hostname(host.drop { $0 == " " }).lowercased() == originHost.lowercased()
     }
 
     /// The server's upgrade decision. A refused upgrade falls through to the HTTP routes below,

@@ -14,6 +14,7 @@ func mailingApp(_ sink: SMTPSink) -> @Sendable (inout AppConfiguration) -> Void 
         config.mail.from = "Verteilt <noreply@chat.example.org>"
         config.mail.publicURL = "https://chat.example.org/"
         config.mail.retryBackoff = Backoff(base: .milliseconds(200), max: .milliseconds(400))
+        config.workers.enabled = true
         config.workers.engine.pollInterval = .milliseconds(100)
     }
 }

@@ -10,6 +10,7 @@ struct UnreadDigestTests {
     func unreadChatMessagesAreMailedOnceAndReadOnesAreNot(_ backend: Backend) async throws {
         try await withTestApp(backend, configure: { config in
             config.mail.unreadDigest = true
+            config.workers.enabled = true
             config.mail.digestDelay = .seconds(1)
             config.mail.publicURL = "https://chat.example.org"
             config.workers.engine.pollInterval = .milliseconds(100)

@@ -254,9 +254,17 @@ struct FeedTests {
             await byTicket.close()
             await #expect(throws: (any Error).self) { _ = try await WSClient(port: api.port, path: "/v1/events?ticket=\(ticket)") }
 
-            let byCookie = try await WSClient(port: api.port, path: "/v1/events", headers: [.cookie: "verteilt_session=\(f.member.token)"])
+            let byCookie = try await WSClient(port: api.port, path: "/v1/events", headers: [
+                .cookie: "verteilt_session=\(f.member.token)", .origin: "http://127.0.0.1:\(api.port)",
+            ])
             #expect(try await byCookie.next()["type"] as? String == "ready")
             await byCookie.close()
+
+            // A page of another host may not open a feed with the visitor's cookie.
+            let foreign: HTTPFields = [.cookie: "verteilt_session=\(f.member.token)", .origin: "https://evil.example"]
+            await #expect(throws: (any Error).self) { _ = try await WSClient(port: api.port, path: "/v1/events", headers: foreign) }
+            let refused = try await api.request("/v1/events", method: .get, headers: foreign)
+            #expect(refused.status == .forbidden && refused.isErrorShape)
         }
     }
 }

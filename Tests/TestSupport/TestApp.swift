@@ -119,6 +119,10 @@ public func withTestApp<T: Sendable>(
     // The digest logs an internal event per chat message and recipient; tests that count log
     // entries would see them. Its own tests turn it on.
     config.mail.unreadDigest = false
+    // Durable workers wake on every commit. Twenty apps each running them against one shared
+    // PostgreSQL server on two cores starved sign-ups into 504s; the tests of what workers do
+    // turn them on.
+    config.workers.enabled = false
     configure(&config)
     do {
         let app = try await Verteilt.build(config, logger: TestDatabase.logger)
