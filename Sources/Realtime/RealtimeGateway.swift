@@ -38,7 +38,7 @@ public struct RealtimeGateway: Sendable {
     }
 
     /// Decides a `/v1/events` request: who (ticket, bearer or cookie) and from where (`since`).
-    func feedRequest(headers: HTTPFields, query: [String: String]) async -> FeedRequest {
+    func feedRequest(headers: HTTPFields, authority: String?, query: [String: String]) async -> FeedRequest {
         var since: Int64?
         if let s = query["since"] {
             guard let v = Int64(s), v >= 0 else { return .rejected(.invalidField("since", "must be a cursor from an event or a page")) }
@@ -50,7 +50,7 @@ public struct RealtimeGateway: Sendable {
             }
             return .accepted(user: user, since: since)
         }
-        guard Self.cookieUseIsSameSite(headers) else {
+        guard Self.cookieUseIsSameSite(headers, authority: authority) else {
             return .rejected(.forbidden("a WebSocket signed in by the session cookie must come from this site's pages; use a ticket from streams/Token"))
         }
         guard let (caller, _) = try? await gateway.caller(headers: headers) else { return .rejected(.unauthorized()) }
@@ -65,12 +65,12 @@ public struct RealtimeGateway: Sendable {
     /// applies to WebSockets). SameSite keeps other sites out, but not other hosts of the same
     /// site, so an upgrade carried by the cookie alone must come from a page of this host.
     /// Bearer headers and tickets are never attached by a browser on its own.
-    static func cookieUseIsSameSite(_ headers: HTTPFields) -> Bool {
+    static func cookieUseIsSameSite(_ headers: HTTPFields, authority: String?) -> Bool {
         guard headers[.authorization] == nil, let origin = headers[.origin] else { return true }
         func hostname(_ authority: Substring) -> Substring {
             authority.hasPrefix("[") ? authority.prefix { $0 != "]" } : authority.prefix { $0 != ":" }
         }
-        let host = headers[HTTPField.Name("X-Forwarded-Host")!]?.split(separator: ",").first ?? headers[.host]?[...]
+        let host = headers[HTTPField.Name("X-Forwarded-Host")!]?.split(separator: ",").first ?? authority?[...]
         guard let host, let schemeEnd = origin.range(of: "://") else { return false }
         let originHost = hostname(origin[schemeEnd.upperBound...])
         return hostname(host.drop { $0 == " " }).lowercased() == originHost.lowercased()
@@ -84,7 +84,7 @@ public struct RealtimeGateway: Sendable {
         switch uri.path {
         case "/v1/events":
             let query = Dictionary(uri.queryParameters.map { (String($0.key), String($0.value)) }, uniquingKeysWith: { $1 })
-            guard case .accepted(let user, let since) = await feedRequest(headers: head.headerFields, query: query) else {
+            guard case .accepted(let user, let since) = await feedRequest(headers: head.headerFields, authority: head.authority, query: query) else {
                 return .dontUpgrade
             }
             return .upgrade([:]) { inbound, outbound, context in
@@ -106,7 +106,7 @@ public struct RealtimeGateway: Sendable {
     public func addRoutes(to router: Router<GatewayContext>) {
         router.get("/v1/events") { request, _ -> Response in
             let query = Dictionary(request.uri.queryParameters.map { (String($0.key), String($0.value)) }, uniquingKeysWith: { $1 })
-            if case .rejected(let error) = await feedRequest(headers: request.headers, query: query) { throw error }
+            if case .rejected(let error) = await feedRequest(headers: request.headers, authority: request.head.authority, query: query) { throw error }
             throw ServiceError(.upgradeRequired, "connect with a WebSocket")
         }
         router.get("/v1/streams/Subscribe") { _, _ -> Response in
