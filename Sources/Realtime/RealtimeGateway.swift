@@ -71,9 +71,14 @@ public struct RealtimeGateway: Sendable {
             authority.hasPrefix("[") ? authority.prefix { $0 != "]" } : authority.prefix { $0 != ":" }
         }
         let host = headers[HTTPField.Name("X-Forwarded-Host")!]?.split(separator: ",").first ?? authority?[...]
-        guard let host, let schemeEnd = origin.range(of: "://") else { return false }
-        let originHost = hostname(origin[schemeEnd.upperBound...])
-        return hostname(host.drop { $0 == " " }).lowercased() == originHost.lowercased()
+        // Browsers always send Host; a client without it is not a browser page.
+        guard let host else { return true }
+        let expected = hostname(host.drop { $0 == " " }).lowercased()
+        // Browsers send one origin; a list must be ours throughout.
+        return origin.split(separator: ",").allSatisfy { value in
+            guard let schemeEnd = value.range(of: "://") else { return false }
+            return hostname(value[schemeEnd.upperBound...]).lowercased() == expected
+        }
     }
 
     /// The server's upgrade decision. A refused upgrade falls through to the HTTP routes below,

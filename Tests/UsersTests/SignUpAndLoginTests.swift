@@ -204,10 +204,11 @@ struct SignUpAndLoginTests {
 
     @Test(arguments: Backend.all)
     func sessionsExpire(_ backend: Backend) async throws {
-        try await withTestApp(backend, configure: { $0.users.sessionLifetime = 1 }) { api in
+        // Long enough that a loaded machine still reads within it, short enough to wait out.
+        try await withTestApp(backend, configure: { $0.users.sessionLifetime = 4 }) { api in
             let acct = try await api.signUp()
             #expect(try await api.post("users/Read", ["ids": [acct.id]], token: acct.token).status == .ok)
-            try await Task.sleep(for: .milliseconds(1200))
+            try await Task.sleep(for: .milliseconds(4200))
             let r = try await api.post("users/Read", ["ids": [acct.id]], token: acct.token)
             #expect(r.status == .unauthorized)
             #expect(r.detail == "invalid or expired session")
