@@ -7,14 +7,6 @@ import ServiceKit
 import ServiceLifecycle
 import Storage
 
-/// What the bus tells a connection.
-enum BusSignal: Sendable {
-    /// New events are in the log.
-    case wake
-    /// A frame that is never stored (typing, presence) for everyone in `audience` but `except`.
-    case ephemeral(audience: String, frame: ByteBuffer, except: String?)
-}
-
 /// Tails the event log and wakes every connection of this node when events commit, here or on
 /// another node. Keeps the newest events, encoded, in a ring that connections read from; a
 /// connection that falls further behind than the ring reads the log itself while it catches up
@@ -27,8 +19,8 @@ public final class EventBus: Service, Sendable {
         var ringBase: Int64 = 0
         var head: Int64 = 0
         var prepared = false
-        /// Connections still replaying (and `streams/Subscribe` sockets): they pull.
-        var listeners: [UUID: AsyncStream<BusSignal>.Continuation] = [:]
+        /// `streams/Subscribe` sockets: told that new events are in the window, they pull.
+        var listeners: [UUID: AsyncStream<Void>.Continuation] = [:]
         /// Caught-up feeds, by event loop: the bus pushes to them.
         var live: [ObjectIdentifier: LoopFeeds] = [:]
     }
@@ -165,7 +157,7 @@ public final class EventBus: Service, Sendable {
                 while s.ring.count > capacity { s.ringBase = s.ring.removeFirst().seq }
                 return (Array(s.listeners.values), Self.schedule(&s))
             }
-            for l in listeners { l.yield(.wake) }
+            for l in listeners { l.yield() }
             for loop in loops { loop.execute { self.pushLive(on: loop) } }
             if events.count < 1000 { break }
         }
@@ -233,12 +225,11 @@ public final class EventBus: Service, Sendable {
     /// Pings every live connection and drops those that have sent nothing (not even a pong)
     /// for two heartbeats.
     func pingLive() {
-        let silentSince = NIODeadline.now() - .nanoseconds(2 * Int64(heartbeat.components.seconds) * 1_000_000_000
-            + 2 * heartbeat.components.attoseconds / 1_000_000_000)
+        let silence = TimeAmount(heartbeat) * 2
         for group in state.withLockedValue({ Array($0.live.values) }) {
             let feeds = Array(group.feeds.values)
             group.loop.execute {
-                for f in feeds { f.heartbeat(silentSince: silentSince) }
+                for f in feeds { f.heartbeat(silence: silence) }
             }
         }
     }
@@ -266,8 +257,8 @@ public final class EventBus: Service, Sendable {
         feed.push(batch: [], batchBase: -1, windowBase: windowBase, bus: self)
     }
 
-    func subscribe() -> (UUID, AsyncStream<BusSignal>) {
-        let (stream, continuation) = AsyncStream<BusSignal>.makeStream(bufferingPolicy: .bufferingNewest(256))
+    func subscribe() -> (UUID, AsyncStream<Void>) {
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = UUID()
         state.withLockedValue { $0.listeners[id] = continuation }
         return (id, stream)
@@ -301,8 +292,7 @@ public final class EventBus: Service, Sendable {
     }
 
     func deliver(audience: String, frame: ByteBuffer, except: String?) {
-        let (listeners, loops) = state.withLockedValue { (Array($0.listeners.values), Array($0.live.values)) }
-        for l in listeners { l.yield(.ephemeral(audience: audience, frame: frame, except: except)) }
+        let loops = state.withLockedValue { Array($0.live.values) }
         guard !loops.isEmpty else { return }
         let wire = WireFrame.text(frame)
         for group in loops {

@@ -97,6 +97,14 @@ struct Audiences: Sendable {
 
     func contains(_ audience: String) -> Bool { names.contains(audience) }
 
+    /// Whether `event` goes to this user, applying the membership change it carries: a joiner
+    /// sees their own join, a leaver their own leaving.
+    mutating func admit(_ event: FeedEvent) -> Bool {
+        if let c = event.change { before(c) }
+        defer { if let c = event.change { after(c) } }
+        return contains(event.audience)
+    }
+
     /// Applies what must hold *before* the event is delivered (a joiner sees their own join).
     mutating func before(_ change: MembershipChange) {
         switch change {

@@ -48,8 +48,7 @@ struct FeedSocket: Sendable {
         // what was missed, let the bus write live events, then read client frames. Frames a
         // client sends during the replay wait in the socket until it is done. The bus holds the
         // connection from the start, so heartbeats and ephemeral frames cover the replay too.
-        let closeTimeout = TimeAmount.nanoseconds(Int64(limits.closeTimeout.components.seconds) * 1_000_000_000
-            + limits.closeTimeout.components.attoseconds / 1_000_000_000)
+        let closeTimeout = TimeAmount(limits.closeTimeout)
         let wire = FeedWire(eventLoop: channel.eventLoop)
         let feed = LiveFeed(user: user, wire: wire, audiences: audiences, closeTimeout: closeTimeout)
         let bus = self.bus
@@ -96,12 +95,9 @@ struct FeedSocket: Sendable {
                             await feed.end(code: FeedCloseCode.accountDeleted, reason: "account deleted")
                             return false
                         }
-                        let visible = feed.audiences.withLockedValue { a -> Bool in
-                            if let c = e.change { a.before(c) }
-                            return a.contains(e.audience)
+                        if feed.audiences.withLockedValue({ $0.admit(e) }) {
+                            try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame)))
                         }
-                        if visible { try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame))) }
-                        if let c = e.change { feed.audiences.withLockedValue { $0.after(c) } }
                         cursor = e.seq
                     }
                 }

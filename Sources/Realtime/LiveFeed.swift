@@ -111,13 +111,7 @@ final class LiveFeed: @unchecked Sendable {
             for e in events {
                 guard wire.isWritable else { return }
                 if case .userDeleted(let u)? = e.change, u == user { return end(code: FeedCloseCode.accountDeleted, reason: "account deleted") }
-                let visible = audiences.withLockedValue { a -> Bool in
-                    if let c = e.change { a.before(c) }
-                    let visible = a.contains(e.audience)
-                    if let c = e.change { a.after(c) }
-                    return visible
-                }
-                if visible {
+                if audiences.withLockedValue({ $0.admit(e) }) {
                     wire.write(e.wire)
                     wrote = true
                 }
@@ -139,10 +133,10 @@ final class LiveFeed: @unchecked Sendable {
     }
 
     /// Pings, or ends a connection that has been silent since `silentSince`.
-    func heartbeat(silentSince: NIODeadline) {
+    func heartbeat(silence: TimeAmount) {
         eventLoop.preconditionInEventLoop()
         guard !ending else { return }
-        guard wire.lastRead >= silentSince else {
+        guard !wire.hasBeenSilent(for: silence) else {
             return end(code: FeedCloseCode.resume, reason: "no answer to pings")
         }
         wire.write(WireFrame.ping)
@@ -175,7 +169,10 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
     private var context: ChannelHandlerContext?
     var onWritable: (@Sendable () -> Void)?
     /// When the client last sent anything (a pong counts).
-    private(set) var lastRead = NIODeadline.now()
+    private var lastRead = NIODeadline.now()
+
+    /// Whether the client has sent nothing at all for `silence`.
+    func hasBeenSilent(for silence: TimeAmount) -> Bool { NIODeadline.now() - lastRead >= silence }
 
     init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
 

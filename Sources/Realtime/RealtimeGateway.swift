@@ -160,8 +160,8 @@ public struct RealtimeGateway: Sendable {
                 let heartbeat = self.bus.heartbeat
                 while !Task.isCancelled {
                     try? await Task.sleep(for: heartbeat)
-                    let heard = try? await channel.eventLoop.submit { wire.lastRead }.get()
-                    guard let heard, NIODeadline.now() - heard < .nanoseconds(Int64(heartbeat.components.seconds) * 2_000_000_000) else {
+                    let silent = try? await channel.eventLoop.submit { wire.hasBeenSilent(for: TimeAmount(heartbeat) * 2) }.get()
+                    guard silent == false else {
                         try? await channel.close()
                         return
                     }
@@ -175,7 +175,7 @@ public struct RealtimeGateway: Sendable {
     }
 
     /// Writes the topic's messages as they commit.
-    func forward(topic: String, signals: AsyncStream<BusSignal>, outbound: WebSocketOutboundWriter, logger: Logger) async {
+    func forward(topic: String, signals: AsyncStream<Void>, outbound: WebSocketOutboundWriter, logger: Logger) async {
         var cursor = bus.head
         do {
             var iterator = signals.makeAsyncIterator()
