@@ -19,15 +19,6 @@ func mailingApp(_ sink: SMTPSink) -> @Sendable (inout AppConfiguration) -> Void 
     }
 }
 
-func eventually(_ what: String, seconds: Double = 20, _ condition: () async throws -> Bool) async throws {
-    let end = Date().addingTimeInterval(seconds)
-    while Date() < end {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    throw ServerProcessError(description: "timed out waiting for \(what)")
-}
-
 extension APIClient {
     func invite(_ email: String, to group: String, by admin: Account) async throws -> [String: Any] {
         let r = try await post("invites/Create", ["group_id": group, "email": email], token: admin.token)

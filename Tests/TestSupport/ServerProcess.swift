@@ -111,3 +111,14 @@ public struct ProcessUser: Sendable {
         return ProcessUser(id: (r["user"] as! [String: Any])["id"] as! String, token: r["token"] as! String)
     }
 }
+
+/// Polls `condition` until it holds, failing after `seconds`: for what real processes, timers and
+/// mail servers do in their own time.
+public func eventually(_ what: String, seconds: Double = 20, _ condition: () async throws -> Bool) async throws {
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    throw ServerProcessError(description: "timed out waiting for \(what)")
+}

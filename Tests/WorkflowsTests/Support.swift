@@ -52,15 +52,6 @@ final class Probe: Sendable {
 
 struct Timeout: Error, CustomStringConvertible { let description: String }
 
-/// Polls `condition` until it holds or `seconds` pass.
-func eventually(_ what: String, seconds: Double = 20, _ condition: () async throws -> Bool) async throws {
-    let end = Date().addingTimeInterval(seconds)
-    while Date() < end {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    throw Timeout(description: "timed out waiting for \(what)")
-}
 
 extension WorkflowEngine.Configuration {
     static var fast: Self {
