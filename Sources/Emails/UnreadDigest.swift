@@ -8,22 +8,6 @@ import Storage
 import Users
 import Workflows
 
-/// `message.created` as the digest reads it: the Message the chats service logs.
-public struct MessageCreated: DomainEvent {
-    public static let name = "message.created"
-    public var message: Message
-    public init(from decoder: any Decoder) throws { message = try Message(from: decoder) }
-    public func encode(to encoder: any Encoder) throws { try message.encode(to: encoder) }
-}
-
-/// `seen.updated`, as the seen service logs it.
-public struct SeenUpdated: DomainEvent {
-    public static let name = "seen.updated"
-    public var userId: String
-    public var resourceType: String
-    public var resourceId: String
-}
-
 /// One recipient's unread chat message: the fan-out's event, one per recipient.
 public struct UnreadChatMessage: DomainEvent {
     public static let name = "digest.unread_chat_message"

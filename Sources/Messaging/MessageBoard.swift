@@ -89,7 +89,7 @@ public struct MessageBoard: Sendable {
                     id, container, author, text, sentAt, replyTo)
                 let message = make(id: id, container: container, author: author, text: text, sentAt: sentAt,
                                    editedAt: nil, deleted: false, replyTo: replyTo)
-                try await EventLog.append(tx, type: "message.created", audience: audience, payload: message)
+                try await EventLog.append(tx, MessageCreated(message, audience: audience))
                 return message
             }
         } catch StorageError.uniqueViolation {
@@ -117,7 +117,7 @@ public struct MessageBoard: Sendable {
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
             try await tx.query("UPDATE \(messages) SET text = $2, edited_at = $3 WHERE id = $1", id, text, Timestamp.now())
             let updated = try await fetch(id, in: tx)!
-            try await EventLog.append(tx, type: "message.updated", audience: audience, payload: updated)
+            try await EventLog.append(tx, MessageUpdated(updated, audience: audience))
             return updated
         }
     }
@@ -129,7 +129,7 @@ public struct MessageBoard: Sendable {
             try await tx.query("UPDATE \(messages) SET text = '', deleted = 1, edited_at = $2 WHERE id = $1", id, Timestamp.now())
             try await tx.query("DELETE FROM \(reactions) WHERE message_id = $1", id)
             let tombstone = try await fetch(id, in: tx)!
-            try await EventLog.append(tx, type: "message.deleted", audience: audience, payload: tombstone)
+            try await EventLog.append(tx, MessageDeleted(tombstone, audience: audience))
             return tombstone
         }
     }

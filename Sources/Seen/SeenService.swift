@@ -43,11 +43,15 @@ public struct UnreadResponse: Codable, Sendable {
     public var chats: [String: Int]
 }
 
-public struct SeenEvent: Codable, Sendable {
+/// `seen.updated`: a user's read mark moved forwards, or was removed (no `timestamp`). Their own
+/// devices hear of it; the unread digest waits for it.
+public struct SeenUpdated: DomainEvent {
+    public static let name = "seen.updated"
     public var userId: String
     public var resourceType: ResourceType
     public var resourceId: String
     public var timestamp: Timestamp?
+    public var audience: String { "user:\(userId)" }
 }
 
 /// What other services may ask of the seen service.
@@ -112,8 +116,7 @@ public struct SeenService: ServiceDefinition, SeenClient {
                 """, user, req.resourceType.rawValue, id, ts)
             // Only a move forwards is news for the user's other devices.
             guard !rows.isEmpty else { return }
-            try await EventLog.append(tx, type: "seen.updated", audience: "user:\(user)",
-                                      payload: SeenEvent(userId: user, resourceType: req.resourceType, resourceId: id, timestamp: ts))
+            try await EventLog.append(tx, SeenUpdated(userId: user, resourceType: req.resourceType, resourceId: id, timestamp: ts))
         }
         return Empty()
     }
@@ -127,8 +130,7 @@ public struct SeenService: ServiceDefinition, SeenClient {
                 "DELETE FROM seen WHERE user_id = $1 AND resource_type = $2 AND resource_id = $3 RETURNING seen_at",
                 user, req.resourceType.rawValue, id)
             guard !rows.isEmpty else { return }
-            try await EventLog.append(tx, type: "seen.updated", audience: "user:\(user)",
-                                      payload: SeenEvent(userId: user, resourceType: req.resourceType, resourceId: id, timestamp: nil))
+            try await EventLog.append(tx, SeenUpdated(userId: user, resourceType: req.resourceType, resourceId: id, timestamp: nil))
         }
         return Empty()
     }
