@@ -67,7 +67,7 @@ let package = Package(
         ),
         .target(name: "Groups", dependencies: ["ServiceKit", "Storage", "Users"], swiftSettings: swiftSettings),
         .target(name: "Messaging", dependencies: ["ServiceKit", "Storage"], swiftSettings: swiftSettings),
-        .target(name: "Threads", dependencies: ["ServiceKit", "Storage", "Groups", "Messaging"], swiftSettings: swiftSettings),
+        .target(name: "Threads", dependencies: ["ServiceKit", "Storage", "Groups", "Users", "Messaging"], swiftSettings: swiftSettings),
         .target(name: "Chats", dependencies: ["ServiceKit", "Storage", "Groups", "Messaging"], swiftSettings: swiftSettings),
         .target(name: "Seen", dependencies: ["ServiceKit", "Storage", "Groups", "Threads", "Chats"], swiftSettings: swiftSettings),
         .target(name: "Invites", dependencies: ["ServiceKit", "Storage", "Groups", "Users"], swiftSettings: swiftSettings),

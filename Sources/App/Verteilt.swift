@@ -47,7 +47,7 @@ public struct Verteilt: Sendable {
         let users = UsersService(db: db, hasher: hasher, config: config.users) { viewer, others in
             try await groups.coMembers(of: viewer, among: others)
         }
-        let threads = ThreadsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
+        let threads = ThreadsService(db: db, groups: groups, users: directory, maxTextLength: config.maxTextLength)
         let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let invites = InvitesService(db: db, groups: groups, users: directory)

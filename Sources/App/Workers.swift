@@ -62,7 +62,7 @@ extension Verteilt {
         let db = try await DatabaseFactory.open(url: config.databaseURL, logger: logger)
         let directory = UsersService(db: db, hasher: PasswordHasher(cost: config.bcryptCost), config: config.users)
         let groups = GroupsService(db: db, users: directory)
-        let threads = ThreadsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
+        let threads = ThreadsService(db: db, groups: groups, users: directory, maxTextLength: config.maxTextLength)
         let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let mailer = Mailer(from: config.mail.from, transport: try mailTransport(config, db: db))

@@ -13,6 +13,9 @@ public struct Message: Codable, Sendable, Equatable {
     public var deleted: Bool?
     public var replyTo: String?
     public var reactions: [Reaction]?
+    /// Users the text mentions (`@username` of a member, in group conversations), in the order
+    /// the text names them; absent when none.
+    public var mentions: [String]?
 }
 
 /// Everyone who reacted with one emoji, in the order they did.

@@ -17,13 +17,22 @@ public struct MessageBoard: Sendable {
     let messages: String
     let reactions: String
     let maxTextLength: Int
+    /// Set for containers whose messages mention people (with `mentionsMigration`).
+    let mentionsTable: String?
+    let findMentions: MentionFinder?
 
-    public init(db: any Database, kind: Kind, tablePrefix: String, maxTextLength: Int) {
+    /// The users a text mentions, for a message by `author` in `container`, in the text's order.
+    /// Called only for a text with an `@`: a text without one costs no lookups.
+    public typealias MentionFinder = @Sendable (_ text: String, _ container: String, _ author: String) async throws -> [String]
+
+    public init(db: any Database, kind: Kind, tablePrefix: String, maxTextLength: Int, mentions: MentionFinder? = nil) {
         self.db = db
         self.kind = kind
         self.messages = tablePrefix + "_messages"
         self.reactions = tablePrefix + "_reactions"
         self.maxTextLength = maxTextLength
+        self.mentionsTable = mentions == nil ? nil : tablePrefix + "_mentions"
+        self.findMentions = mentions
     }
 
     public static func migrations(service: String, tablePrefix: String, version: Int) -> Migration {
@@ -56,6 +65,24 @@ public struct MessageBoard: Sendable {
         ])
     }
 
+    /// Who each message mentions, `position` keeping the text's order. `sent_at` is the message's:
+    /// the digest asks for one user's mentions after a time without visiting the messages.
+    public static func mentionsMigration(service: String, tablePrefix: String, version: Int) -> Migration {
+        let t = tablePrefix + "_mentions"
+        return Migration(service: service, version: version, [
+            """
+            CREATE TABLE \(t) (
+                message_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                container_id TEXT NOT NULL,
+                sent_at BIGINT NOT NULL,
+                position INTEGER NOT NULL,
+                PRIMARY KEY (message_id, user_id))
+            """,
+            "CREATE INDEX \(t)_user ON \(t) (user_id, sent_at)",
+        ])
+    }
+
     var containerField: String { kind == .conversation ? "conversation_id" : "chat_id" }
 
     // MARK: Writing
@@ -68,6 +95,7 @@ public struct MessageBoard: Sendable {
         let text = try Validate.text(text, field: "text", maxLength: maxTextLength)
         let id = try id.map { try Validate.id($0, field: "id") } ?? UUID().uuidString.lowercased()
         let replyTo = try replyTo.map { try Validate.id($0, field: "reply_to") }
+        let mentioned = try await mentions(in: text, container: container, author: author)
         do {
             return try await db.write { tx in
                 if let existing = try await fetch(id, in: tx) {
@@ -87,8 +115,9 @@ public struct MessageBoard: Sendable {
                 try await tx.query(
                     "INSERT INTO \(messages) (id, container_id, author_id, text, sent_at, reply_to) VALUES ($1, $2, $3, $4, $5, $6)",
                     id, container, author, text, sentAt, replyTo)
-                let message = make(id: id, container: container, author: author, text: text, sentAt: sentAt,
+                var message = make(id: id, container: container, author: author, text: text, sentAt: sentAt,
                                    editedAt: nil, deleted: false, replyTo: replyTo)
+                message.mentions = try await storeMentions(mentioned, of: message, container: container, in: tx)
                 try await EventLog.append(tx, MessageCreated(message, audience: audience))
                 return message
             }
@@ -109,13 +138,17 @@ public struct MessageBoard: Sendable {
     var kindName: String { kind == .conversation ? "conversation" : "chat" }
 
     /// Changes the text of a message; only its author may.
-    func edit(_ id: String, by author: String, text: String, audience: String) async throws -> Message {
+    func edit(_ id: String, in container: String, by author: String, text: String, audience: String) async throws -> Message {
         let text = try Validate.text(text, field: "text", maxLength: maxTextLength)
+        // Edits re-evaluate mentions: the new text decides who is mentioned.
+        let mentioned = try await mentions(in: text, container: container, author: author)
         return try await db.write { tx in
             guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
             guard m.authorId == author else { throw ServiceError.forbidden("only the author may edit a message") }
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
             try await tx.query("UPDATE \(messages) SET text = $2, edited_at = $3 WHERE id = $1", id, text, Timestamp.now())
+            try await dropMentions(of: m, in: tx)
+            _ = try await storeMentions(mentioned, of: m, container: container, in: tx)
             let updated = try await fetch(id, in: tx)!
             try await EventLog.append(tx, MessageUpdated(updated, audience: audience))
             return updated
@@ -125,8 +158,9 @@ public struct MessageBoard: Sendable {
     /// Replaces a message with a tombstone: it keeps its place, loses its text and reactions.
     func delete(_ id: String, audience: String) async throws -> Message {
         try await db.write { tx in
-            guard try await fetch(id, in: tx) != nil else { throw ServiceError.notFound("message not found") }
+            guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
             try await tx.query("UPDATE \(messages) SET text = '', deleted = 1, edited_at = $2 WHERE id = $1", id, Timestamp.now())
+            try await dropMentions(of: m, in: tx)
             try await tx.query("DELETE FROM \(reactions) WHERE message_id = $1", id)
             let tombstone = try await fetch(id, in: tx)!
             try await EventLog.append(tx, MessageDeleted(tombstone, audience: audience))
@@ -179,9 +213,62 @@ public struct MessageBoard: Sendable {
 
     /// Removes every message of a container (its conversation was deleted).
     public func deleteAll(in container: String, tx: Transaction) async throws {
+        if let mentionsTable { try await tx.query("DELETE FROM \(mentionsTable) WHERE container_id = $1", container) }
         try await tx.query(
             "DELETE FROM \(reactions) WHERE message_id IN (SELECT id FROM \(messages) WHERE container_id = $1)", container)
         try await tx.query("DELETE FROM \(messages) WHERE container_id = $1", container)
+    }
+
+    // MARK: Mentions
+
+    /// Who `text` mentions; no lookup at all for a text without an `@` or a board without mentions.
+    func mentions(in text: String, container: String, author: String) async throws -> [String] {
+        guard let findMentions, text.contains("@") else { return [] }
+        var seen = Set<String>()
+        return try await findMentions(text, container, author).filter { $0 != author && seen.insert($0).inserted }
+    }
+
+    /// Stores who `message` mentions; returns the list as the message shows it (nil for none).
+    func storeMentions(_ users: [String], of message: Message, container: String, in tx: Transaction) async throws -> [String]? {
+        guard let mentionsTable, !users.isEmpty else { return nil }
+        for (position, user) in users.enumerated() {
+            try await tx.query(
+                "INSERT INTO \(mentionsTable) (message_id, user_id, container_id, sent_at, position) VALUES ($1, $2, $3, $4, $5)",
+                message.id, user, container, message.sentAt, position)
+        }
+        return users
+    }
+
+    /// Forgets who `message` mentioned; free when its text had no `@` (then it mentioned no one).
+    func dropMentions(of message: Message, in tx: Transaction) async throws {
+        guard let mentionsTable, message.text.contains("@") else { return }
+        try await tx.query("DELETE FROM \(mentionsTable) WHERE message_id = $1", message.id)
+    }
+
+    /// The messages that mention `user`, sent after `after`, newest first; tombstones mention no one.
+    public func mentioning(_ user: String, after: Timestamp?, limit: Int) async throws -> [Message] {
+        guard let mentionsTable else { return [] }
+        let columns = Self.columns.split(separator: ",").map { "m." + $0.trimmingCharacters(in: .whitespaces) }.joined(separator: ", ")
+        let rows = try await db.read { conn in
+            try await conn.query(
+                """
+                SELECT \(columns) FROM \(mentionsTable) x JOIN \(messages) m ON m.id = x.message_id
+                WHERE x.user_id = $1 AND x.sent_at > $2 AND m.deleted = 0
+                ORDER BY x.sent_at DESC LIMIT $3
+                """, user, after?.microseconds ?? Int64.min, limit)
+        }
+        return try await decorated(rows)
+    }
+
+    /// Who each message mentions, asked only for messages whose text has an `@`.
+    func mentions(for messages: [Message], in conn: any SQLExecutor) async throws -> [String: [String]] {
+        guard let mentionsTable else { return [:] }
+        let ids = messages.filter { $0.text.contains("@") }.map(\.id)
+        guard !ids.isEmpty else { return [:] }
+        return try await conn.query(
+            "SELECT message_id, user_id FROM \(mentionsTable) WHERE message_id IN (\(SQL.list(ids.count))) ORDER BY position",
+            ids
+        ).reduce(into: [:]) { $0[try $1.string("message_id"), default: []].append(try $1.string("user_id")) }
     }
 
     // MARK: Message endpoints
@@ -218,7 +305,7 @@ public struct MessageBoard: Sendable {
     public func update(_ req: UpdateMessageRequest, _ caller: Caller, _ resolve: Resolve) async throws -> MessageResponse {
         let (m, a) = try await access(req.id, field: "id", caller, resolve)
         guard let author = caller.userID else { throw ServiceError.forbidden("only the author may edit a message") }
-        return MessageResponse(message: try await edit(m.id, by: author, text: req.text, audience: a.audience))
+        return MessageResponse(message: try await edit(m.id, in: m.conversationId ?? m.chatId ?? "", by: author, text: req.text, audience: a.audience))
     }
 
     /// `DeleteMessage`: its author, or a moderator, leaves a tombstone.
@@ -260,7 +347,7 @@ public struct MessageBoard: Sendable {
                 """,
                 container, sentBefore?.microseconds ?? Int64.max, sentAfter?.microseconds ?? Int64.min, limit)
         }
-        let page = try await withReactions(rows)
+        let page = try await decorated(rows)
         return forward ? page.reversed() : page
     }
 
@@ -277,7 +364,7 @@ public struct MessageBoard: Sendable {
             }
             return all
         }
-        return Dictionary(grouping: try await withReactions(rows)) { $0.conversationId ?? $0.chatId ?? "" }
+        return Dictionary(grouping: try await decorated(rows)) { $0.conversationId ?? $0.chatId ?? "" }
     }
 
     /// Messages by others after each container's `since` time, not counting deleted ones.
@@ -317,7 +404,7 @@ public struct MessageBoard: Sendable {
                 ORDER BY sent_at DESC LIMIT $\(unique.count + 2)
                 """, binds)
         }
-        return try await withReactions(rows)
+        return try await decorated(rows)
     }
 
     /// The newest send time per container.
@@ -340,15 +427,22 @@ public struct MessageBoard: Sendable {
         guard let row = try await conn.first("SELECT \(Self.columns) FROM \(messages) WHERE id = $1", id) else { return nil }
         var m = try message(row)
         m.reactions = try await reactions(for: [id], in: conn)[id]
+        m.mentions = try await mentions(for: [m], in: conn)[id]
         return m
     }
 
-    func withReactions(_ rows: [Row]) async throws -> [Message] {
+    /// Messages with their reactions and mentions.
+    func decorated(_ rows: [Row]) async throws -> [Message] {
         var list = try rows.map(message)
         guard !list.isEmpty else { return [] }
-        let ids = list.map(\.id)
-        let byMessage = try await db.read { conn in try await reactions(for: ids, in: conn) }
-        for i in list.indices { list[i].reactions = byMessage[list[i].id] }
+        let ids = list.map(\.id), page = list
+        let (byMessage, mentioned) = try await db.read { conn in
+            (try await reactions(for: ids, in: conn), try await mentions(for: page, in: conn))
+        }
+        for i in list.indices {
+            list[i].reactions = byMessage[list[i].id]
+            list[i].mentions = mentioned[list[i].id]
+        }
         return list
     }
 

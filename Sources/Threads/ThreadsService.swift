@@ -3,6 +3,7 @@ import Groups
 import Messaging
 import ServiceKit
 import Storage
+import Users
 
 public struct Conversation: Codable, Sendable, Equatable {
     public var id: String
@@ -60,6 +61,8 @@ public protocol ThreadsClient: Sendable {
     func conversations(inGroup groupID: String) async throws -> [Conversation]
     func recentMessages(_ conversationIDs: [String], limit: Int) async throws -> [String: [Message]]
     func unreadCounts(for user: String, since: [String: Timestamp?]) async throws -> [String: Int]
+    /// Messages that mention `user`, sent after `after`, newest first (at most `limit`).
+    func mentions(of user: String, after: Timestamp?, limit: Int) async throws -> [Message]
 }
 
 /// Group conversations (API.md `threads/*`): only a group's members read or write them.
@@ -67,6 +70,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
     public let name = "threads"
     let db: any Database
     let groups: any GroupsClient
+    let users: any UsersClient
     let board: MessageBoard
 
     public static let migrations = [
@@ -84,12 +88,36 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         ]),
         MessageBoard.migrations(service: "threads", tablePrefix: "thread", version: 2),
         FullText.migration(service: "threads", version: 3, table: "thread_messages"),
+        MessageBoard.mentionsMigration(service: "threads", tablePrefix: "thread", version: 4),
     ]
 
-    public init(db: any Database, groups: any GroupsClient, maxTextLength: Int = 4000) {
+    public init(db: any Database, groups: any GroupsClient, users: any UsersClient, maxTextLength: Int = 4000) {
         self.db = db
         self.groups = groups
-        self.board = MessageBoard(db: db, kind: .conversation, tablePrefix: "thread", maxTextLength: maxTextLength)
+        self.users = users
+        self.board = MessageBoard(
+            db: db, kind: .conversation, tablePrefix: "thread", maxTextLength: maxTextLength,
+            mentions: { text, conversation, author in
+                try await Self.mentioned(in: text, conversation: conversation, author: author, db: db, groups: groups, users: users)
+            })
+    }
+
+    /// The members of the conversation's group whose username the text names with `@` (not the
+    /// author); unknown names and non-members mention no one.
+    static func mentioned(
+        in text: String, conversation: String, author: String, db: any Database, groups: any GroupsClient, users: any UsersClient
+    ) async throws -> [String] {
+        let names = Mentions.names(in: text)
+        guard !names.isEmpty,
+              let groupID = try await db.read({ try await $0.first("SELECT group_id FROM conversations WHERE id = $1", conversation) })?
+                .string("group_id"),
+              let group = try await groups.group(groupID)
+        else { return [] }
+        var byName: [String: String] = [:]
+        for user in try await users.users(ids: group.memberIds.filter { $0 != author }).values {
+            if let name = user.username?.lowercased() { byName[name] = user.id }
+        }
+        return names.compactMap { byName[$0] }
     }
 
     public var endpoints: [Endpoint] {
@@ -298,6 +326,10 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
 
     public func unreadCounts(for user: String, since: [String: Timestamp?]) async throws -> [String: Int] {
         try await board.unreadCounts(for: user, since: since)
+    }
+
+    public func mentions(of user: String, after: Timestamp?, limit: Int) async throws -> [Message] {
+        try await board.mentioning(user, after: after, limit: limit)
     }
 
     static func conversation(_ row: Row) throws -> Conversation {

@@ -196,4 +196,64 @@ struct ThreadsTests {
             #expect(asOther.status == .forbidden)
         }
     }
+
+    @Test(arguments: Backend.all)
+    func mentionsNameMembersByUsername(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            try await api.setUsername(f.owner, "Olga")
+            try await api.setUsername(f.admin, "ada.admin")
+            try await api.setUsername(f.member, "max")
+            try await api.setUsername(f.stranger, "eve")
+            func mentions(_ m: [String: Any]) -> [String]? { m["mentions"] as? [String] }
+
+            // Case-insensitive, in the text's order, once each; a sentence's full stop is not part
+            // of the name. Non-members, unknown names, the author and email addresses mention no one.
+            let m = try await api.say(
+                "@ADA.ADMIN and @olga. ping @olga, @eve @nobody @max mail olga@example.org", in: f.conversationID, as: f.member)
+            #expect(mentions(m) == [f.admin.id, f.owner.id])
+            let id = try #require(m["id"] as? String)
+            let plain = try await api.say("no one here", in: f.conversationID, as: f.member)
+            #expect(plain["mentions"] == nil)
+            let strangersOnly = try await api.say("@eve @nobody @max", in: f.conversationID, as: f.member)
+            #expect(strangersOnly["mentions"] == nil)
+
+            // Reads show the same, and so does the event the feed and the digest read.
+            let page = try await api.post("threads/ListMessages", ["conversation_id": f.conversationID], token: f.owner.token)
+            let listed = try #require(page["messages"] as? [[String: Any]])
+            #expect(listed.map(mentions) == [nil, nil, [f.admin.id, f.owner.id]])
+            let events = try await api.database.read {
+                try await $0.query("SELECT payload, audience FROM events WHERE type = 'message.created' ORDER BY seq")
+            }
+            let first = try #require(events.first)
+            let payload = try #require(try JSONSerialization.jsonObject(with: Data(try first.string("payload").utf8)) as? [String: Any])
+            #expect(mentions(payload) == [f.admin.id, f.owner.id])
+            #expect(payload["id"] as? String == id && payload["text"] as? String == m["text"] as? String)
+            #expect(try first.string("audience") == "group:\(f.groupID)")
+
+            // Edits re-evaluate: new names count, dropped ones no longer do.
+            let edited = try await api.post("threads/UpdateMessage", ["id": id, "text": "only @Olga now"], token: f.member.token)
+            #expect(mentions(try #require(edited["message"] as? [String: Any])) == [f.owner.id])
+            let again = try await api.post("threads/ListMessages", ["conversation_id": f.conversationID], token: f.member.token)
+            #expect((again["messages"] as? [[String: Any]])?.last.flatMap(mentions) == [f.owner.id])
+            let cleared = try await api.post("threads/UpdateMessage", ["id": id, "text": "nobody at all"], token: f.member.token)
+            #expect((cleared["message"] as? [String: Any])?["mentions"] == nil)
+            let back = try await api.post("threads/UpdateMessage", ["id": id, "text": "@max @ada.admin"], token: f.member.token)
+            #expect(mentions(try #require(back["message"] as? [String: Any])) == [f.admin.id])
+
+            // A tombstone mentions no one.
+            let deleted = try await api.post("threads/DeleteMessage", ["id": id], token: f.member.token)
+            #expect((deleted["message"] as? [String: Any])?["mentions"] == nil)
+            let after = try await api.post("threads/ListMessages", ["conversation_id": f.conversationID], token: f.member.token)
+            #expect((after["messages"] as? [[String: Any]])?.allSatisfy { $0["mentions"] == nil } == true)
+
+            // Someone who joins later can be mentioned from then on; chats have no mentions.
+            try await api.add(f.stranger, to: f.groupID, by: f.owner)
+            #expect(mentions(try await api.say("hi @eve", in: f.conversationID, as: f.owner)) == [f.stranger.id])
+            let chat = try await api.post("chats/CreateChat", ["user_ids": [f.member.id]], token: f.owner.token)
+            let chatID = try #require((chat["chat"] as? [String: Any])?["id"] as? String)
+            let dm = try await api.post("chats/CreateMessage", ["chat_id": chatID, "text": "hi @max"], token: f.owner.token)
+            #expect((dm["message"] as? [String: Any])?["mentions"] == nil)
+        }
+    }
 }

@@ -182,6 +182,12 @@ extension APIClient {
         return GroupFixture(owner: owner, admin: admin, member: member, stranger: stranger, groupID: group, conversationID: cid)
     }
 
+    /// Gives `account` a username (accounts have none after `signUp`).
+    public func setUsername(_ account: Account, _ username: String) async throws {
+        let r = try await post("users/Update", ["username": username], token: account.token)
+        guard r.status == .ok else { throw TestDatabaseError(description: "users/Update failed: \(r.status) \(r.text)") }
+    }
+
     /// Sends a message to a conversation and returns its JSON.
     @discardableResult
     public func say(_ text: String, in conversationID: String, as author: Account, id: String? = nil) async throws -> [String: Any] {
