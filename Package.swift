@@ -110,7 +110,9 @@ let package = Package(
         ),
         .target(
             name: "Emails",
-            dependencies: ["ServiceKit", "Storage", "Workflows", "Mail", "Users", "Groups", "Invites", "Chats", "Seen", "Messaging"],
+            dependencies: [
+                "ServiceKit", "Storage", "Workflows", "Mail", "Users", "Groups", "Invites", "Chats", "Threads", "Seen", "Messaging",
+            ],
             swiftSettings: swiftSettings
         ),
         .target(

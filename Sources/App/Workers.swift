@@ -19,9 +19,9 @@ public struct MailSettings: Sendable {
     public var from = "Verteilt <noreply@localhost>"
     /// Where people open the web app; links in mails start with it.
     public var publicURL = "http://localhost:8080"
-    /// How long a chat message may stay unread before its recipient gets the unread digest.
+    /// How long a chat message or a mention may stay unread before its recipient gets the unread digest.
     public var digestDelay: Duration = .seconds(600)
-    /// Whether chat messages start unread-digest runs (which log an internal event per recipient).
+    /// Whether chat messages and mentions start unread-digest runs (which log an internal event per recipient).
     public var unreadDigest = true
     /// How a mail that failed to send is retried.
     public var retryBackoff = Backoff(base: .seconds(5), max: .seconds(600))
@@ -45,14 +45,15 @@ extension Verteilt {
     /// Every durable function the product runs.
     static func workflowFunctions(
         _ config: AppConfiguration, db: any Database, mailer: Mailer, groups: any GroupsClient, users: any UsersClient,
-        chats: any ChatsClient, seen: any SeenClient
+        threads: any ThreadsClient, chats: any ChatsClient, seen: any SeenClient
     ) -> [WorkflowFunction] {
         let settings = EmailSettings(publicURL: config.mail.publicURL)
         let invite = InviteEmail.function(
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
         guard config.mail.unreadDigest else { return [invite] }
+        let clients = UnreadDigest.Clients(chats: chats, threads: threads, groups: groups, seen: seen, users: users)
         return [invite] + UnreadDigest.functions(
-            db: db, mailer: mailer, chats: chats, seen: seen, users: users, settings: settings, delay: config.mail.digestDelay)
+            db: db, mailer: mailer, clients: clients, settings: settings, delay: config.mail.digestDelay)
     }
 
     /// `verteilt worker`: the workflow engine without the HTTP server, until SIGINT or SIGTERM.
@@ -68,7 +69,7 @@ extension Verteilt {
         let mailer = Mailer(from: config.mail.from, transport: try mailTransport(config, db: db))
         let engine = WorkflowEngine(
             db: db, functions: workflowFunctions(
-                config, db: db, mailer: mailer, groups: groups, users: directory, chats: chats, seen: seen),
+                config, db: db, mailer: mailer, groups: groups, users: directory, threads: threads, chats: chats, seen: seen),
             configuration: config.workers.engine, logger: logger)
         let group = ServiceGroup(
             configuration: .init(

@@ -1,6 +1,8 @@
 import App
+import Emails
 import Foundation
 import HTTPTypes
+import ServiceKit
 import Testing
 import TestSupport
 
@@ -56,5 +58,129 @@ struct UnreadDigestTests {
             let statuses = ((runs["runs"] as? [[String: Any]]) ?? []).compactMap { $0["status"] as? String }
             #expect(statuses.count == 4 && statuses.allSatisfy { $0 == "completed" }, "\(statuses)")
         }
+    }
+
+    /// The digest's app: workers on, a short delay, links under a known public URL.
+    static func digestApp(delay: Duration) -> @Sendable (inout AppConfiguration) -> Void {
+        { config in
+            config.mail.unreadDigest = true
+            config.workers.enabled = true
+            config.mail.digestDelay = delay
+            config.mail.publicURL = "https://chat.example.org"
+            config.workers.engine.pollInterval = .milliseconds(100)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func anUnreadMentionIsMailedWithItsConversation(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: Self.digestApp(delay: .seconds(1))) { api in
+            let f = try await api.fixture()
+            let key = try await api.serviceKey()
+            try await api.setUsername(f.member, "max")
+            try await api.setUsername(f.admin, "ada")
+            func mails(to account: APIClient.Account) async throws -> [[String: Any]] {
+                (try await api.post("mail/List", ["to": account.email], token: key)["mails"] as? [[String: Any]]) ?? []
+            }
+            try await api.say("@MAX can you check <this> & that?", in: f.conversationID, as: f.owner)
+            try await eventually("the digest", seconds: 30) { try await mails(to: f.member).count == 1 }
+            let mail = try await mails(to: f.member)[0]
+            #expect(mail["subject"] as? String == "Owner User mentioned you in Friends")
+            let link = "https://chat.example.org/groups/\(f.groupID)/\(f.conversationID)"
+            let text = try #require(mail["text"] as? String)
+            #expect(text.contains("In Friends / General:\nOwner User: @MAX can you check <this> & that?\nOpen it at \(link)\n"), "\(text)")
+            let html = try #require(mail["html"] as? String)
+            #expect(html.contains("<a href=\"\(link)\"><strong>Friends</strong> / General</a>"), "\(html)")
+            #expect(html.contains("@MAX can you check &lt;this&gt; &amp; that?"))
+            // Only the mentioned member hears of it: other members and the author get nothing.
+            try await Task.sleep(for: .seconds(2))
+            #expect(try await mails(to: f.member).count == 1)
+            #expect(try await mails(to: f.admin).isEmpty)
+            #expect(try await mails(to: f.owner).isEmpty)
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func readingTheConversationInTimeSendsNoMail(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: Self.digestApp(delay: .seconds(3))) { api in
+            let f = try await api.fixture()
+            let key = try await api.serviceKey()
+            try await api.setUsername(f.member, "max")
+            func mails() async throws -> [[String: Any]] {
+                (try await api.post("mail/List", ["to": f.member.email], token: key)["mails"] as? [[String: Any]]) ?? []
+            }
+            let other = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Trips"], token: f.owner.token)
+            let trips = try #require((other["conversation"] as? [String: Any])?["id"] as? String)
+
+            // Read within the delay: that mention never reaches a mail.
+            try await api.say("@max read this one", in: f.conversationID, as: f.owner)
+            let seen = try await api.post(
+                "seen/Set", ["resource_type": "thread", "resource_id": f.conversationID], token: f.member.token)
+            #expect(seen.status == .ok)
+            try await Task.sleep(for: .seconds(5))
+            #expect(try await mails().isEmpty)
+
+            // A mention in another conversation left unread is mailed, without the read one.
+            try await api.say("@max and this one?", in: trips, as: f.owner)
+            try await eventually("the digest", seconds: 30) { try await mails().count == 1 }
+            let text = try #require(try await mails()[0]["text"] as? String)
+            #expect(text.contains("In Friends / Trips:\nOwner User: @max and this one?"))
+            #expect(!text.contains("read this one"))
+            try await eventually("both runs finish", seconds: 10) {
+                let runs = try await api.post("workflows/ListRuns", ["function_id": "unread-digest"], token: key)
+                return ((runs["runs"] as? [[String: Any]]) ?? []).compactMap { $0["status"] as? String } == ["completed", "completed"]
+            }
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func aBurstOfChatMessagesAndMentionsGivesOneMail(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: Self.digestApp(delay: .seconds(2))) { api in
+            let f = try await api.fixture()
+            let key = try await api.serviceKey()
+            try await api.setUsername(f.member, "max")
+            func mails() async throws -> [[String: Any]] {
+                (try await api.post("mail/List", ["to": f.member.email], token: key)["mails"] as? [[String: Any]]) ?? []
+            }
+            let other = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Trips"], token: f.admin.token)
+            let trips = try #require((other["conversation"] as? [String: Any])?["id"] as? String)
+            let created = try await api.post("chats/CreateChat", ["user_ids": [f.member.id]], token: f.owner.token)
+            let chat = try #require((created["chat"] as? [String: Any])?["id"] as? String)
+
+            let start = Date()
+            for text in ["Dinner at 8?", "Or 9"] {
+                #expect(try await api.post("chats/CreateMessage", ["chat_id": chat, "text": text], token: f.owner.token).status == .ok)
+            }
+            try await api.say("@max what do you think?", in: f.conversationID, as: f.owner)
+            try await api.say("no mention here", in: f.conversationID, as: f.owner)
+            try await api.say("@max the plan is up", in: trips, as: f.admin)
+            try await api.say("@Max ping", in: trips, as: f.owner)
+            if Date().timeIntervalSince(start) < 1.8 { #expect(try await mails().isEmpty, "not before the delay") }
+            try await eventually("the digest", seconds: 30) { try await mails().count == 1 }
+            let mail = try await mails()[0]
+            #expect(mail["subject"] as? String == "2 unread messages and 3 mentions")
+            let text = try #require(mail["text"] as? String)
+            for line in [
+                "Owner User: Dinner at 8?", "Owner User: Or 9", "https://chat.example.org/chats",
+                "In Friends / General:\nOwner User: @max what do you think?\nOpen it at https://chat.example.org/groups/\(f.groupID)/\(f.conversationID)",
+                "In Friends / Trips:\nAdmin User: @max the plan is up\nOwner User: @Max ping\nOpen it at https://chat.example.org/groups/\(f.groupID)/\(trips)",
+            ] {
+                #expect(text.contains(line), "\(line) in \(text)")
+            }
+            #expect(!text.contains("no mention here"))
+            try await Task.sleep(for: .seconds(3))
+            #expect(try await mails().count == 1, "a burst gives one mail")
+            let runs = try await api.post("workflows/ListRuns", ["function_id": "unread-digest"], token: key)
+            let statuses = ((runs["runs"] as? [[String: Any]]) ?? []).compactMap { $0["status"] as? String }
+            #expect(statuses.count == 5 && statuses.allSatisfy { $0 == "completed" }, "\(statuses)")
+        }
+    }
+
+    /// Runs started before mentions carry the older per-recipient event; they still run.
+    @Test func theOlderChatEventStillDecodes() throws {
+        let old = #"{"chat_id":"c1","message_id":"m1","sent_at":"2026-01-02T03:04:05.678Z","user_id":"u1"}"#
+        let e = try JSON.decoder().decode(UnreadMessage.self, from: Data(old.utf8))
+        #expect(e.userId == "u1" && e.resourceType == .chat && e.resourceId == "c1" && e.messageId == "m1")
+        let now = String(decoding: try JSON.encode(e), as: UTF8.self)
+        #expect(now == #"{"message_id":"m1","resource_id":"c1","resource_type":"chat","sent_at":"2026-01-02T03:04:05.678Z","user_id":"u1"}"#)
     }
 }
