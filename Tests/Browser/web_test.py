@@ -374,6 +374,10 @@ class WebAppInABrowser(unittest.TestCase):
         self.shot(ada, "06-conversation")
         self.shot(bob, "07-conversation-phone")
 
+        # Bob takes a username (the reload below loads it into his session): Ada can mention him.
+        bob_name = f"Bob{suffix}"
+        self.api(bob, "users/Update", {"username": bob_name})
+
         # A reload keeps the conversation, and Bob's read mark (no badge for what he saw).
         expected = ["Hello Bob", "Are you there?", "Hi Ada!\nYes, here."]
         ada.refresh()
@@ -438,6 +442,18 @@ class WebAppInABrowser(unittest.TestCase):
         self.el(bob, "#composer-text").clear()
         bob_id = self.state(bob)["user"]
         self.wait(ada, lambda d: d.find_elements(By.CSS_SELECTOR, f".presence.online[data-user-id='{bob_id}']"), "bob online")
+
+        # A mention of Bob is highlighted for him (his name in a <mark>, as text), not for Ada.
+        mention = f"Thanks @{bob_name.lower()}, <b>see</b> you & ada@example.org"
+        self.send(ada, mention)
+        at_bob = self.message(bob, mention)
+        self.wait(bob, lambda d: "mentions-me" in at_bob.get_attribute("class"), "the mention highlighted for bob")
+        marks = at_bob.find_elements(By.CSS_SELECTOR, ".text mark.mention")
+        self.assertEqual([m.text for m in marks], [f"@{bob_name.lower()}"])
+        self.assertEqual(at_bob.find_elements(By.CSS_SELECTOR, ".text b"), [], "user text is never HTML")
+        self.assertIn("mentions you", at_bob.get_attribute("aria-label"))
+        self.assertNotIn("mentions-me", self.message(ada, mention).get_attribute("class"))
+        self.shot(bob, "07b-mention-phone")
 
         # Search finds messages of the group.
         self.fill(ada, "#search-query", "away")

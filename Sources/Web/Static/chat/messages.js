@@ -21,12 +21,36 @@ export function dayLabel(m) {
   return dayFormat.format(d);
 }
 
+/** The viewer's own `@username` in a text that mentions them: the same rule as the server's
+ * (no name character before it, no longer name after it), case-insensitive. */
+function mentionPattern() {
+  const name = S.ctx.user?.username;
+  if (!name) return null;
+  const escaped = name.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&');
+  return new RegExp(`(?<![A-Za-z0-9_.-])@${escaped}(?![A-Za-z0-9_]|[.-]+[A-Za-z0-9_])`, 'gi');
+}
+
+/** The message's text as text nodes, the viewer's mentions in <mark>: never parsed as HTML. */
+function messageText(m, mentionsMe) {
+  const p = h('p', { class: 'text' });
+  if (m.deleted) { p.append('This message was deleted.'); return p; }
+  const pattern = mentionsMe ? mentionPattern() : null;
+  let at = 0;
+  for (const match of pattern ? m.text.matchAll(pattern) : []) {
+    p.append(m.text.slice(at, match.index), h('mark', { class: 'mention' }, match[0]));
+    at = match.index + match[0].length;
+  }
+  p.append(m.text.slice(at));
+  return p;
+}
+
 export function messageNode(m) {
   const mine = m.author_id === me();
   const author = displayName(S.users.get(m.author_id));
-  const classes = ['msg', mine && 'mine', m.deleted && 'deleted', m.pending && 'pending', m.failed && 'failed'];
+  const mentionsMe = !m.deleted && (m.mentions ?? []).includes(me());
+  const classes = ['msg', mine && 'mine', mentionsMe && 'mentions-me', m.deleted && 'deleted', m.pending && 'pending', m.failed && 'failed'];
   const node = h('article', { class: classes.filter(Boolean).join(' '), id: `m-${m.id}`, dataset: { id: m.id } });
-  node.setAttribute('aria-label', `${author}${m.sent_at ? `, ${timeFormat.format(new Date(m.sent_at))}` : ''}`);
+  node.setAttribute('aria-label', `${author}${m.sent_at ? `, ${timeFormat.format(new Date(m.sent_at))}` : ''}${mentionsMe ? ', mentions you' : ''}`);
   const head = h('div', { class: 'msg-head' }, h('span', { class: 'author' }, author), ' ',
     m.sent_at ? h('time', { datetime: m.sent_at }, timeFormat.format(new Date(m.sent_at))) : null,
     m.edited_at && !m.deleted ? h('span', { class: 'edited' }, ' (edited)') : null);
@@ -36,7 +60,7 @@ export function messageNode(m) {
     const quote = parent ? `${displayName(S.users.get(parent.author_id))}: ${parent.deleted ? 'deleted message' : parent.text.slice(0, 120)}` : 'an earlier message';
     node.append(h('p', { class: 'reply-quote' }, `↪ ${quote}`));
   }
-  node.append(h('p', { class: 'text' }, m.deleted ? 'This message was deleted.' : m.text));
+  node.append(messageText(m, mentionsMe));
   if (m.reactions?.length && !m.deleted) {
     node.append(h('div', { class: 'reactions' }, ...m.reactions.map((r) => {
       const mineToo = r.user_ids.includes(me());
