@@ -92,29 +92,10 @@ public enum UnreadDigest {
     public static func functions(
         db: any Database, mailer: Mailer, clients: Clients, settings: EmailSettings, delay: Duration
     ) -> [WorkflowFunction] {
-        let fanOut = WorkflowFunction(
-            "unread-fanout", on: MessageCreated.self,
-            filter: { $0.message.deleted != true && ($0.message.chatId != nil || $0.message.mentions?.isEmpty == false) }
-        ) { event, step in
-            let m = event.message
-            let unread: [UnreadMessage]
-            if let chatID = m.chatId {
-                let recipients = try await step.run("recipients") { () -> [String] in
-                    (try await clients.chats.chats(ids: [chatID])[chatID]?.userIds ?? []).filter { $0 != m.authorId }.sorted()
-                }
-                unread = recipients.map {
-                    UnreadMessage(userId: $0, resourceType: .chat, resourceId: chatID, messageId: m.id, sentAt: m.sentAt)
-                }
-            } else if let conversationID = m.conversationId {
-                // The threads service decided who is mentioned (members, never the author).
-                unread = (m.mentions ?? []).map {
-                    UnreadMessage(userId: $0, resourceType: .thread, resourceId: conversationID, messageId: m.id, sentAt: m.sentAt)
-                }
-            } else {
-                return
-            }
-            for u in unread { try await step.sendEvent("notify", u) }
-        }
+        // An edit may add mentions: its mentioned users go through the same flow (a mention an
+        // earlier digest covered, or one they read, is not mailed again).
+        let created = fanOut("unread-fanout", on: MessageCreated.self, chats: true, clients: clients)
+        let edits = fanOut("unread-fanout-edits", on: MessageUpdated.self, chats: false, clients: clients)
         let digest = WorkflowFunction(
             "unread-digest", on: UnreadMessage.self, retries: 8,
             backoff: Backoff(base: .seconds(5), max: .seconds(600)),
@@ -152,7 +133,37 @@ public enum UnreadDigest {
                 }
             }
         }
-        return [fanOut, digest]
+        return [created, edits, digest]
+    }
+
+    /// Logs one `UnreadMessage` per recipient of an `E`'s message: the other participants of a chat
+    /// (when `chats`), the users a conversation message mentions.
+    static func fanOut<E: MessageEvent>(_ id: String, on type: E.Type, chats: Bool, clients: Clients) -> WorkflowFunction {
+        WorkflowFunction(
+            id, on: E.self,
+            filter: { e in
+                e.message.deleted != true && (chats && e.message.chatId != nil || e.message.mentions?.isEmpty == false)
+            }
+        ) { event, step in
+            let m = event.message
+            let unread: [UnreadMessage]
+            if let chatID = m.chatId {
+                let recipients = try await step.run("recipients") { () -> [String] in
+                    (try await clients.chats.chats(ids: [chatID])[chatID]?.userIds ?? []).filter { $0 != m.authorId }.sorted()
+                }
+                unread = recipients.map {
+                    UnreadMessage(userId: $0, resourceType: .chat, resourceId: chatID, messageId: m.id, sentAt: m.sentAt)
+                }
+            } else if let conversationID = m.conversationId {
+                // The threads service decided who is mentioned (members, never the author).
+                unread = (m.mentions ?? []).map {
+                    UnreadMessage(userId: $0, resourceType: .thread, resourceId: conversationID, messageId: m.id, sentAt: m.sentAt)
+                }
+            } else {
+                return
+            }
+            for u in unread { try await step.sendEvent("notify", u) }
+        }
     }
 
     /// A conversation's unread mentions of the user, with where they happened.

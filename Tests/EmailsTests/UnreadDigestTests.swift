@@ -100,6 +100,30 @@ struct UnreadDigestTests {
     }
 
     @Test(arguments: Backend.all)
+    func aMentionAddedByAnEditIsMailed(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: Self.digestApp(delay: .seconds(1))) { api in
+            let f = try await api.fixture()
+            let key = try await api.serviceKey()
+            try await api.setUsername(f.member, "max")
+            func mails() async throws -> [[String: Any]] {
+                (try await api.post("mail/List", ["to": f.member.email], token: key)["mails"] as? [[String: Any]]) ?? []
+            }
+            let m = try await api.say("who can help?", in: f.conversationID, as: f.owner)
+            let id = try #require(m["id"] as? String)
+            try await Task.sleep(for: .seconds(2))
+            #expect(try await mails().isEmpty, "no mention, no mail")
+            let edited = try await api.post("threads/UpdateMessage", ["id": id, "text": "who can help? @max?"], token: f.owner.token)
+            #expect(edited.status == .ok)
+            try await eventually("the digest", seconds: 30) { try await mails().count == 1 }
+            #expect(try await mails()[0]["subject"] as? String == "Owner User mentioned you in Friends")
+            // Editing again mails nothing new: the digest covered that mention.
+            #expect(try await api.post("threads/UpdateMessage", ["id": id, "text": "@max, who can help?"], token: f.owner.token).status == .ok)
+            try await Task.sleep(for: .seconds(3))
+            #expect(try await mails().count == 1)
+        }
+    }
+
+    @Test(arguments: Backend.all)
     func readingTheConversationInTimeSendsNoMail(_ backend: Backend) async throws {
         try await withTestApp(backend, configure: Self.digestApp(delay: .seconds(3))) { api in
             let f = try await api.fixture()
