@@ -52,7 +52,7 @@ let package = Package(
         .target(
             name: "Users",
             dependencies: [
-                "ServiceKit", "Storage",
+                "ServiceKit", "Storage", "Codes",
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -110,7 +110,7 @@ let package = Package(
         ),
         .target(
             name: "Emails",
-            dependencies: ["ServiceKit", "Storage", "Workflows", "Mail", "Users", "Groups", "Invites", "Chats", "Seen", "Messaging"],
+            dependencies: ["ServiceKit", "Storage", "Workflows", "Mail", "Users", "Codes", "Groups", "Invites", "Chats", "Seen", "Messaging"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -203,7 +203,7 @@ let package = Package(
         .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "UsersTests",
-            dependencies: ["TestSupport", "Users", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            dependencies: ["TestSupport", "Users", "Codes", "ServiceKit", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

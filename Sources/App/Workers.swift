@@ -1,4 +1,5 @@
 import Chats
+import Codes
 import Emails
 import Foundation
 import Groups
@@ -50,8 +51,10 @@ extension Verteilt {
         let settings = EmailSettings(publicURL: config.mail.publicURL)
         let invite = InviteEmail.function(
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
-        guard config.mail.unreadDigest else { return [invite] }
-        return [invite] + UnreadDigest.functions(
+        let account = AccountEmails.functions(
+            mailer: mailer, users: users, codes: CodesService(db: db), settings: settings, backoff: config.mail.retryBackoff)
+        guard config.mail.unreadDigest else { return [invite] + account }
+        return [invite] + account + UnreadDigest.functions(
             db: db, mailer: mailer, chats: chats, seen: seen, users: users, settings: settings, delay: config.mail.digestDelay)
     }
 
