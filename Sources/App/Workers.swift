@@ -18,8 +18,9 @@ public struct MailSettings: Sendable {
     /// in the development mailbox (`/v1/mail/List`).
     public var smtpURL: String?
     public var from = "Verteilt <noreply@localhost>"
-    /// Where people open the web app; links in mails start with it.
-    public var publicURL = "http://localhost:8080"
+    /// Where people open the web app; links in mails start with it. Without one, the address
+    /// this server listens on (right for a newcomer's `serve`; set it behind a proxy).
+    public var publicURL: String?
     /// How long a chat message may stay unread before its recipient gets the unread digest.
     public var digestDelay: Duration = .seconds(600)
     /// Whether chat messages start unread-digest runs (which log an internal event per recipient).
@@ -48,7 +49,7 @@ extension Verteilt {
         _ config: AppConfiguration, db: any Database, mailer: Mailer, groups: any GroupsClient, users: any UsersClient,
         chats: any ChatsClient, seen: any SeenClient
     ) -> [WorkflowFunction] {
-        let settings = EmailSettings(publicURL: config.mail.publicURL)
+        let settings = EmailSettings(publicURL: config.publicURL)
         let invite = InviteEmail.function(
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
         let account = AccountEmails.functions(
