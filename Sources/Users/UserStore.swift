@@ -164,7 +164,7 @@ struct UserStore: Sendable {
                 }
                 if passwordHash != nil {
                     // A new password ends every other session: a stolen one stops working.
-                    try await tx.query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2", id, keepSession ?? "")
+                    try await Self.endSessions(tx, user: id, where: "id <> $2", keepSession ?? "")
                 }
                 let user = try Self.user(row)
                 try await EventLog.append(tx, type: "user.updated", audience: "user:\(id)", payload: user)
@@ -234,7 +234,7 @@ struct UserStore: Sendable {
                 UPDATE users SET password_hash = $3, updated_at = $4, email_verified_at = COALESCE(email_verified_at, $4)
                 WHERE id = $1 AND email_lower = $2
                 """, id, email.lowercased(), passwordHash, now)
-            try await tx.query("DELETE FROM sessions WHERE user_id = $1", id)
+            try await Self.endSessions(tx, user: id)
         }
     }
 
@@ -281,18 +281,25 @@ struct UserStore: Sendable {
         }
     }
 
-    func endSession(id: String) async throws {
-        try await db.write { tx in try await tx.query("DELETE FROM sessions WHERE id = $1", id) }
-    }
-
+    /// Ends one of the user's sessions; false if it is not theirs (or gone).
     func endSession(id: String, userID: String) async throws -> Bool {
-        try await db.write { tx in
-            try await !tx.query("DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id", id, userID).isEmpty
-        }
+        try await db.write { tx in try await !Self.endSessions(tx, user: userID, where: "id = $2", id).isEmpty }
     }
 
     func endSessions(userID: String) async throws {
-        try await db.write { tx in try await tx.query("DELETE FROM sessions WHERE user_id = $1", userID) }
+        try await db.write { tx in _ = try await Self.endSessions(tx, user: userID) }
+    }
+
+    /// Deletes sessions of `user` (those matching `condition`, whose parameters start at $2) and
+    /// logs `session.ended` with their ids, so the realtime feeds they opened close at once.
+    @discardableResult
+    static func endSessions(_ tx: Transaction, user: String, where condition: String? = nil, _ values: any SQLBindable...) async throws -> [String] {
+        let ended = try await tx.query(
+            "DELETE FROM sessions WHERE user_id = $1\(condition.map { " AND " + $0 } ?? "") RETURNING id",
+            [user as any SQLBindable] + values
+        ).map { try $0.string("id") }
+        if !ended.isEmpty { try await EventLog.append(tx, SessionsEnded(userId: user, sessionIds: ended.sorted())) }
+        return ended
     }
 
     func sessions(userID: String, current: String) async throws -> [Session] {

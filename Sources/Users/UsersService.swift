@@ -151,7 +151,7 @@ public struct UsersService: ServiceDefinition {
         guard case .user(_, let sessionID, _) = ctx.caller else {
             throw ServiceError.invalidField("id", "is required for a service key")
         }
-        try await store.endSession(id: sessionID)
+        _ = try await store.endSession(id: sessionID, userID: ctx.caller.userID ?? "")
         ctx.effects.sessionCookie = .clear
         return Empty()
     }

@@ -17,6 +17,15 @@ public struct EmailVerificationRequested: DomainEvent {
     public var email: String
 }
 
+/// Sessions of a user ended (log out, revoked, a new password). The realtime feeds opened with
+/// them close at once; the user's other connections see the event and may ignore it.
+public struct SessionsEnded: DomainEvent {
+    public static let name = "session.ended"
+    public var userId: String
+    public var sessionIds: [String]
+    public var audience: String { "user:\(userId)" }
+}
+
 /// The codes that account mails carry (kept by the codes service). A code is bound to the account
 /// and to the address it was mailed to, so it stops working once the account's email changes.
 public enum AccountCode: Sendable {
