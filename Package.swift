@@ -52,7 +52,7 @@ let package = Package(
         .target(
             name: "Users",
             dependencies: [
-                "ServiceKit", "Storage",
+                "ServiceKit", "Storage", "Codes",
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -111,7 +111,8 @@ let package = Package(
         .target(
             name: "Emails",
             dependencies: [
-                "ServiceKit", "Storage", "Workflows", "Mail", "Users", "Groups", "Invites", "Chats", "Threads", "Seen", "Messaging",
+                "ServiceKit", "Storage", "Workflows", "Mail", "Users", "Codes", "Groups", "Invites", "Chats", "Threads", "Seen",
+                "Messaging",
             ],
             swiftSettings: swiftSettings
         ),
@@ -205,7 +206,7 @@ let package = Package(
         .testTarget(name: "ServiceKitTests", dependencies: ["ServiceKit"], swiftSettings: swiftSettings),
         .testTarget(
             name: "UsersTests",
-            dependencies: ["TestSupport", "Users", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            dependencies: ["TestSupport", "Users", "Codes", "ServiceKit", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -252,6 +252,7 @@ if options.idle != nil {
     let start = ContinuousClock.now
     let startNanos = nanos()
     let cpuBefore = cpuSeconds(server.processIdentifier)
+    let ownCPUBefore = cpuSeconds(getpid())
     try await withThrowingTaskGroup(of: Void.self) { group in
         for s in 0..<options.senders {
             group.addTask {
@@ -277,9 +278,10 @@ if options.idle != nil {
     }
     let seconds = Double(stats.lastDelivery - startNanos) / 1e9
     let serverCPU = cpuSeconds(server.processIdentifier) - cpuBefore
+    let clientCPU = cpuSeconds(getpid()) - ownCPUBefore
     let (p50, p99, p999, max) = stats.percentiles()
     let rss = rssKiB(server.processIdentifier)
-    print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(stats.delivered)/\(expected) | \(String(format: "%.0f", Double(stats.delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, stats.delivered)))) µs |")
+    print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(stats.delivered)/\(expected) | \(String(format: "%.0f", Double(stats.delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, stats.delivered)))) µs | \(String(format: "%.1f", clientCPU * 1e6 / Double(Swift.max(1, stats.delivered)))) µs |")
 }
 server.terminate()
 server.waitUntilExit()

@@ -31,6 +31,14 @@ public struct AppConfiguration: Sendable {
 
     public init() {}
 
+    /// `mail.publicURL`, or this server's own address (`localhost` for a loopback or any-address bind).
+    public var publicURL: String {
+        if let url = mail.publicURL, !url.isEmpty { return url }
+        let local = ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", ""].contains(host)
+        let name = local ? "localhost" : (host.contains(":") ? "[\(host)]" : host)
+        return "http://\(name):\(port)"
+    }
+
     /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`,
     /// `VERTEILT_WEB_ROOT`, and the mail and worker variables (`VERTEILT_SMTP_URL`, ..., see the README).
     public mutating func applyEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) {

@@ -1,4 +1,5 @@
 import Chats
+import Codes
 import Emails
 import Foundation
 import Groups
@@ -17,8 +18,9 @@ public struct MailSettings: Sendable {
     /// in the development mailbox (`/v1/mail/List`).
     public var smtpURL: String?
     public var from = "Verteilt <noreply@localhost>"
-    /// Where people open the web app; links in mails start with it.
-    public var publicURL = "http://localhost:8080"
+    /// Where people open the web app; links in mails start with it. Without one, the address
+    /// this server listens on (right for a newcomer's `serve`; set it behind a proxy).
+    public var publicURL: String?
     /// How long a chat message or a mention may stay unread before its recipient gets the unread digest.
     public var digestDelay: Duration = .seconds(600)
     /// Whether chat messages and mentions start unread-digest runs (which log an internal event per recipient).
@@ -47,12 +49,14 @@ extension Verteilt {
         _ config: AppConfiguration, db: any Database, mailer: Mailer, groups: any GroupsClient, users: any UsersClient,
         threads: any ThreadsClient, chats: any ChatsClient, seen: any SeenClient
     ) -> [WorkflowFunction] {
-        let settings = EmailSettings(publicURL: config.mail.publicURL)
+        let settings = EmailSettings(publicURL: config.publicURL)
         let invite = InviteEmail.function(
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
-        guard config.mail.unreadDigest else { return [invite] }
+        let account = AccountEmails.functions(
+            mailer: mailer, users: users, codes: CodesService(db: db), settings: settings, backoff: config.mail.retryBackoff)
+        guard config.mail.unreadDigest else { return [invite] + account }
         let clients = UnreadDigest.Clients(chats: chats, threads: threads, groups: groups, seen: seen, users: users)
-        return [invite] + UnreadDigest.functions(
+        return [invite] + account + UnreadDigest.functions(
             db: db, mailer: mailer, clients: clients, settings: settings, delay: config.mail.digestDelay)
     }
 

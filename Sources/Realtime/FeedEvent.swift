@@ -50,6 +50,16 @@ public enum MembershipChange: Sendable, Equatable {
     case groupDeleted(group: String)
     case chatCreated(chat: String, users: [String])
     case userDeleted(user: String)
+    case sessionsEnded(user: String, sessions: [String])
+
+    /// Whether this event ends a feed of `user` opened with `session`: the account or that session is gone.
+    func ends(user: String, session: String?) -> Bool {
+        switch self {
+        case .userDeleted(let u): return u == user
+        case .sessionsEnded(let u, let ended): return u == user && session.map(ended.contains) == true
+        default: return false
+        }
+    }
 
     init?(_ e: Event) {
         let data = Data(e.payload.utf8)
@@ -73,6 +83,10 @@ public enum MembershipChange: Sendable, Equatable {
             struct U: Decodable { var id: String }
             guard let u = try? JSON.decoder().decode(U.self, from: data) else { return nil }
             self = .userDeleted(user: u.id)
+        case "session.ended":
+            struct S: Decodable { var userId: String; var sessionIds: [String] }
+            guard let s = try? JSON.decoder().decode(S.self, from: data) else { return nil }
+            self = .sessionsEnded(user: s.userId, sessions: s.sessionIds)
         default:
             return nil
         }

@@ -15,8 +15,8 @@ import Threads
 public enum FeedCloseCode {
     /// The connection fell behind: reconnect with `?since=<last cursor>`.
     public static let resume: UInt16 = 4000
-    /// The account is gone.
-    public static let accountDeleted: UInt16 = 4001
+    /// The session the feed was opened with ended, or the account is gone: sign in again.
+    public static let signedOut: UInt16 = 4001
 }
 
 /// One `/v1/events` connection: every event its user may see, in log order, then live; typing
@@ -29,7 +29,7 @@ struct FeedSocket: Sendable {
     let presence: Presence
     let limits: RealtimeLimits
 
-    func serve(user: String, since: Int64?, channel: any Channel, inbound: WebSocketInboundStream,
+    func serve(user: String, session: String?, since: Int64?, channel: any Channel, inbound: WebSocketInboundStream,
                outbound: WebSocketOutboundWriter, logger: Logger) async {
         await presence.connected(user)
         defer { presence.disconnected(user) }
@@ -50,7 +50,7 @@ struct FeedSocket: Sendable {
         // connection from the start, so heartbeats and ephemeral frames cover the replay too.
         let closeTimeout = TimeAmount(limits.closeTimeout)
         let wire = FeedWire(eventLoop: channel.eventLoop)
-        let feed = LiveFeed(user: user, wire: wire, audiences: audiences, closeTimeout: closeTimeout)
+        let feed = LiveFeed(user: user, session: session, wire: wire, audiences: audiences, closeTimeout: closeTimeout)
         let bus = self.bus
         do {
             try await channel.eventLoop.submit {
@@ -91,8 +91,8 @@ struct FeedSocket: Sendable {
                 case .events(let events):
                     if events.isEmpty { break replay }
                     for e in events {
-                        if case .userDeleted(let u)? = e.change, u == feed.user {
-                            await feed.end(code: FeedCloseCode.accountDeleted, reason: "account deleted")
+                        if e.change?.ends(user: feed.user, session: feed.session) == true {
+                            await feed.end(code: FeedCloseCode.signedOut, reason: "signed out")
                             return false
                         }
                         if feed.audiences.withLockedValue({ $0.admit(e) }) {

@@ -46,6 +46,8 @@ enum WireFrame {
 /// is the invariant that makes the unchecked `Sendable` sound.
 final class LiveFeed: @unchecked Sendable {
     let user: String
+    /// The session the feed was opened with (a ticket's issuing session); its end closes the feed.
+    let session: String?
     let wire: FeedWire
     let audiences: NIOLockedValueBox<Audiences>
     let closeTimeout: TimeAmount
@@ -56,8 +58,9 @@ final class LiveFeed: @unchecked Sendable {
     private var replaying = true
     private var ending = false
 
-    init(user: String, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, closeTimeout: TimeAmount) {
+    init(user: String, session: String?, wire: FeedWire, audiences: NIOLockedValueBox<Audiences>, closeTimeout: TimeAmount) {
         self.user = user
+        self.session = session
         self.wire = wire
         self.audiences = audiences
         self.closeTimeout = closeTimeout
@@ -110,7 +113,7 @@ final class LiveFeed: @unchecked Sendable {
             }
             for e in events {
                 guard wire.isWritable else { return }
-                if case .userDeleted(let u)? = e.change, u == user { return end(code: FeedCloseCode.accountDeleted, reason: "account deleted") }
+                if e.change?.ends(user: user, session: session) == true { return end(code: FeedCloseCode.signedOut, reason: "signed out") }
                 if audiences.withLockedValue({ $0.admit(e) }) {
                     wire.write(e.wire)
                     wrote = true

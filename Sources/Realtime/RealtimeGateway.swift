@@ -33,7 +33,7 @@ public struct RealtimeGateway: Sendable {
     public typealias Handler = WebSocketDataHandler<HTTP1WebSocketUpgradeChannel.Context>
 
     enum FeedRequest {
-        case accepted(user: String, since: Int64?)
+        case accepted(user: String, session: String?, since: Int64?)
         case rejected(ServiceError)
     }
 
@@ -45,17 +45,17 @@ public struct RealtimeGateway: Sendable {
             since = v
         }
         if let ticket = query["ticket"] {
-            guard case .some(.some(let user)) = try? await streams.redeem(ticket, topic: "") else {
+            guard let owner = try? await streams.redeem(ticket, topic: ""), let user = owner.user else {
                 return .rejected(.unauthorized("invalid or expired ticket"))
             }
-            return .accepted(user: user, since: since)
+            return .accepted(user: user, session: owner.session, since: since)
         }
         guard Self.cookieUseIsSameSite(headers, authority: authority) else {
             return .rejected(.forbidden("a WebSocket signed in by the session cookie must come from this site's pages; use a ticket from streams/Token"))
         }
         guard let (caller, _) = try? await gateway.caller(headers: headers) else { return .rejected(.unauthorized()) }
         switch caller {
-        case .user(let id, _, _): return .accepted(user: id, since: since)
+        case .user(let id, let session, _): return .accepted(user: id, session: session, since: since)
         case .serviceKey: return .rejected(.forbidden("the event feed is for user sessions"))
         case .anonymous: return .rejected(.unauthorized())
         }
@@ -89,11 +89,11 @@ public struct RealtimeGateway: Sendable {
         switch uri.path {
         case "/v1/events":
             let query = Dictionary(uri.queryParameters.map { (String($0.key), String($0.value)) }, uniquingKeysWith: { $1 })
-            guard case .accepted(let user, let since) = await feedRequest(headers: head.headerFields, authority: head.authority, query: query) else {
+            guard case .accepted(let user, let session, let since) = await feedRequest(headers: head.headerFields, authority: head.authority, query: query) else {
                 return .dontUpgrade
             }
             return .upgrade([:]) { inbound, outbound, context in
-                await feed.serve(user: user, since: since, channel: channel, inbound: inbound, outbound: outbound, logger: context.logger)
+                await feed.serve(user: user, session: session, since: since, channel: channel, inbound: inbound, outbound: outbound, logger: context.logger)
             }
         case "/v1/streams/Subscribe", "/v1/streams/subscribe":
             return .upgrade([:]) { inbound, outbound, context in

@@ -28,6 +28,8 @@ public struct StreamsService: ServiceDefinition {
                 expires_at BIGINT NOT NULL)
             """
         ]),
+        // The session a user's ticket was made by: the feed it opens closes when that session ends.
+        Migration(service: "realtime", version: 3, ["ALTER TABLE realtime_tokens ADD COLUMN session_id TEXT"]),
     ]
 
     public init(db: any Database, groups: any GroupsClient, chats: any ChatsClient, presence: Presence) {
@@ -102,8 +104,8 @@ public struct StreamsService: ServiceDefinition {
         try await db.write { tx in
             try await tx.query("DELETE FROM realtime_tokens WHERE expires_at < $1", Timestamp.now())
             try await tx.query(
-                "INSERT INTO realtime_tokens (token_hash, user_id, topic, expires_at) VALUES ($1, $2, $3, $4)",
-                Secrets.sha256(token), ctx.caller.userID, tokenTopic, expires)
+                "INSERT INTO realtime_tokens (token_hash, user_id, session_id, topic, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                Secrets.sha256(token), ctx.caller.userID, ctx.caller.sessionID, tokenTopic, expires)
         }
         return TokenResponse(token: token, expiresAt: expires)
     }
@@ -119,16 +121,23 @@ public struct StreamsService: ServiceDefinition {
         return PresenceResponse(users: ids.reduce(into: [:]) { $0[$1] = UserPresence(online: online.contains($1)) })
     }
 
-    /// Uses a token once. Returns the user it was made for (nil for a service key's token), or
-    /// nil altogether when it is unknown, expired, used, or for another topic.
-    public func redeem(_ token: String, topic: String) async throws -> String?? {
+    /// Who made a token: a user session, or a service key (both nil).
+    public struct TokenOwner: Sendable {
+        public var user: String?
+        public var session: String?
+    }
+
+    /// Uses a token once. Returns who made it, or nil when it is unknown, expired, used, or for
+    /// another topic.
+    public func redeem(_ token: String, topic: String) async throws -> TokenOwner? {
         guard !token.isEmpty, token.utf8.count <= 256 else { return nil }
         let row = try await db.write { tx in
             try await tx.first(
-                "DELETE FROM realtime_tokens WHERE token_hash = $1 RETURNING user_id, topic, expires_at", Secrets.sha256(token))
+                "DELETE FROM realtime_tokens WHERE token_hash = $1 RETURNING user_id, session_id, topic, expires_at",
+                Secrets.sha256(token))
         }
         guard let row, try row.string("topic") == topic, try row.timestamp("expires_at") > .now() else { return nil }
-        return .some(try row.optionalString("user_id"))
+        return TokenOwner(user: try row.optionalString("user_id"), session: try row.optionalString("session_id"))
     }
 
     static func validTopic(_ raw: String) throws -> String {

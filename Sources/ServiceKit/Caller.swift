@@ -11,6 +11,11 @@ public enum Caller: Sendable, Equatable {
         return nil
     }
 
+    public var sessionID: String? {
+        if case .user(_, let session, _) = self { return session }
+        return nil
+    }
+
     public var isServiceKey: Bool {
         if case .serviceKey = self { return true }
         return false

@@ -6,6 +6,9 @@ public struct User: Codable, Sendable, Equatable {
     public var firstName: String
     public var lastName: String
     public var email: String?
+    /// Whether the owner of `email` confirmed it (the link of the verification mail, or a
+    /// password reset). Shown with the email, never without it.
+    public var emailVerified: Bool?
     public var username: String?
     public var createdAt: Timestamp
 }
@@ -91,4 +94,23 @@ public struct ListSessionsResponse: Codable, Sendable {
 
 public struct RevokeSessionRequest: Codable, Sendable {
     public var id: String
+}
+
+public struct SendPasswordResetRequest: Codable, Sendable {
+    public var email: String
+}
+
+public struct ResetPasswordRequest: Codable, Sendable {
+    public var email: String
+    public var code: String
+    public var newPassword: String
+}
+
+public struct SendVerificationEmailRequest: Codable, Sendable {
+    public var id: String?
+}
+
+public struct VerifyEmailRequest: Codable, Sendable {
+    public var email: String
+    public var code: String
 }

@@ -41,7 +41,11 @@ struct UserStore: Sendable {
                 created_at BIGINT NOT NULL,
                 revoked_at BIGINT)
             """,
-        ])
+        ]),
+        Migration(service: "users", version: 2, [
+            // Set when the owner of `email` proved it; cleared when the email changes.
+            "ALTER TABLE users ADD COLUMN email_verified_at BIGINT",
+        ]),
     ]
 
     struct Credentials {
@@ -49,19 +53,20 @@ struct UserStore: Sendable {
         var passwordHash: String
     }
 
-    static let columns = "id, email, username, first_name, last_name, created_at, password_hash"
+    static let columns = "id, email, email_verified_at, username, first_name, last_name, created_at, password_hash"
 
     static func user(_ row: Row) throws -> User {
         User(
             id: try row.string("id"), firstName: try row.string("first_name"), lastName: try row.string("last_name"),
-            email: try row.string("email"), username: try row.optionalString("username"),
+            email: try row.string("email"), emailVerified: try row.optionalInt("email_verified_at") != nil,
+            username: try row.optionalString("username"),
             createdAt: try row.timestamp("created_at"))
     }
 
     func create(firstName: String, lastName: String, email: String, username: String?, passwordHash: String) async throws -> User {
         let user = User(
             id: UUID().uuidString.lowercased(), firstName: firstName, lastName: lastName, email: email,
-            username: username, createdAt: .now())
+            emailVerified: false, username: username, createdAt: .now())
         do {
             try await db.write { tx in
                 try await tx.query(
@@ -73,6 +78,7 @@ struct UserStore: Sendable {
                     user.id, email, email.lowercased(), username, username?.lowercased(), firstName, lastName,
                     passwordHash, user.createdAt)
                 try await EventLog.append(tx, type: "user.created", audience: "user:\(user.id)", payload: user)
+                try await EventLog.append(tx, EmailVerificationRequested(userId: user.id, email: email))
             }
         } catch StorageError.uniqueViolation(let message) {
             throw Self.conflict(message)
@@ -135,6 +141,8 @@ struct UserStore: Sendable {
     ) async throws -> User {
         do {
             return try await db.write { tx in
+                let before = try await tx.first("SELECT email_lower FROM users WHERE id = $1", id)?.string("email_lower")
+                let newAddress = email.map { $0.lowercased() != before } ?? false
                 try await tx.query(
                     """
                     UPDATE users SET
@@ -145,20 +153,22 @@ struct UserStore: Sendable {
                         username = COALESCE($6, username),
                         username_lower = COALESCE($7, username_lower),
                         password_hash = COALESCE($8, password_hash),
-                        updated_at = $9
+                        updated_at = $9,
+                        email_verified_at = CASE WHEN $10 = 1 THEN NULL ELSE email_verified_at END
                     WHERE id = $1
                     """,
                     id, firstName, lastName, email, email?.lowercased(), username, username?.lowercased(),
-                    passwordHash, Timestamp.now())
+                    passwordHash, Timestamp.now(), newAddress)
                 guard let row = try await tx.first("SELECT \(Self.columns) FROM users WHERE id = $1", id) else {
                     throw ServiceError.notFound("user not found")
                 }
                 if passwordHash != nil {
                     // A new password ends every other session: a stolen one stops working.
-                    try await tx.query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2", id, keepSession ?? "")
+                    try await Self.endSessions(tx, user: id, where: "id <> $2", keepSession ?? "")
                 }
                 let user = try Self.user(row)
                 try await EventLog.append(tx, type: "user.updated", audience: "user:\(id)", payload: user)
+                if newAddress, let email { try await EventLog.append(tx, EmailVerificationRequested(userId: id, email: email)) }
                 return user
             }
         } catch StorageError.uniqueViolation(let message) {
@@ -173,6 +183,58 @@ struct UserStore: Sendable {
             try await tx.query("DELETE FROM users WHERE id = $1", id)
             try await EventLog.append(tx, type: "user.deleted", audience: "user:\(id)", payload: ["id": id])
             return true
+        }
+    }
+
+    // MARK: Account mails
+
+    /// Logs a password-reset request if an account has this email; says nothing either way.
+    func requestPasswordReset(email: String) async throws {
+        try await db.write { tx in
+            guard let row = try await tx.first("SELECT id, email FROM users WHERE email_lower = $1", email.lowercased())
+            else { return }
+            try await EventLog.append(tx, PasswordResetRequested(userId: try row.string("id"), email: try row.string("email")))
+        }
+    }
+
+    enum VerificationRequest { case requested, alreadyVerified, noSuchUser }
+
+    func requestVerification(userID: String) async throws -> VerificationRequest {
+        try await db.write { tx in
+            guard let row = try await tx.first("SELECT email, email_verified_at FROM users WHERE id = $1", userID)
+            else { return .noSuchUser }
+            if try row.optionalInt("email_verified_at") != nil { return .alreadyVerified }
+            try await EventLog.append(tx, EmailVerificationRequested(userId: userID, email: try row.string("email")))
+            return .requested
+        }
+    }
+
+    /// Marks the account's address as verified if it is still `email`.
+    func markVerified(id: String, email: String) async throws -> User? {
+        try await db.write { tx in
+            let rows = try await tx.query(
+                """
+                UPDATE users SET email_verified_at = COALESCE(email_verified_at, $3)
+                WHERE id = $1 AND email_lower = $2 RETURNING id
+                """, id, email.lowercased(), Timestamp.now())
+            guard !rows.isEmpty, let row = try await tx.first("SELECT \(Self.columns) FROM users WHERE id = $1", id)
+            else { return nil }
+            let user = try Self.user(row)
+            try await EventLog.append(tx, type: "user.updated", audience: "user:\(id)", payload: user)
+            return user
+        }
+    }
+
+    /// A new password from a reset: the mailed code proved the address, and every session ends.
+    func resetPassword(id: String, email: String, passwordHash: String) async throws {
+        try await db.write { tx in
+            let now = Timestamp.now()
+            try await tx.query(
+                """
+                UPDATE users SET password_hash = $3, updated_at = $4, email_verified_at = COALESCE(email_verified_at, $4)
+                WHERE id = $1 AND email_lower = $2
+                """, id, email.lowercased(), passwordHash, now)
+            try await Self.endSessions(tx, user: id)
         }
     }
 
@@ -219,18 +281,25 @@ struct UserStore: Sendable {
         }
     }
 
-    func endSession(id: String) async throws {
-        try await db.write { tx in try await tx.query("DELETE FROM sessions WHERE id = $1", id) }
-    }
-
+    /// Ends one of the user's sessions; false if it is not theirs (or gone).
     func endSession(id: String, userID: String) async throws -> Bool {
-        try await db.write { tx in
-            try await !tx.query("DELETE FROM sessions WHERE id = $1 AND user_id = $2 RETURNING id", id, userID).isEmpty
-        }
+        try await db.write { tx in try await !Self.endSessions(tx, user: userID, where: "id = $2", id).isEmpty }
     }
 
     func endSessions(userID: String) async throws {
-        try await db.write { tx in try await tx.query("DELETE FROM sessions WHERE user_id = $1", userID) }
+        try await db.write { tx in _ = try await Self.endSessions(tx, user: userID) }
+    }
+
+    /// Deletes sessions of `user` (those matching `condition`, whose parameters start at $2) and
+    /// logs `session.ended` with their ids, so the realtime feeds they opened close at once.
+    @discardableResult
+    static func endSessions(_ tx: Transaction, user: String, where condition: String? = nil, _ values: any SQLBindable...) async throws -> [String] {
+        let ended = try await tx.query(
+            "DELETE FROM sessions WHERE user_id = $1\(condition.map { " AND " + $0 } ?? "") RETURNING id",
+            [user as any SQLBindable] + values
+        ).map { try $0.string("id") }
+        if !ended.isEmpty { try await EventLog.append(tx, SessionsEnded(userId: user, sessionIds: ended.sorted())) }
+        return ended
     }
 
     func sessions(userID: String, current: String) async throws -> [Session] {

@@ -1,3 +1,4 @@
+import Codes
 import Foundation
 import ServiceKit
 import Storage
@@ -9,6 +10,12 @@ public struct UsersService: ServiceDefinition {
         public var signupPerAddress = RateLimiter.Rule(burst: 10, refillSeconds: 360)
         public var loginPerAddress = RateLimiter.Rule(burst: 30, refillSeconds: 10)
         public var loginPerAccount = RateLimiter.Rule(burst: 10, refillSeconds: 60)
+        /// Reset and verification mails: a few per address, and one every few minutes per
+        /// account, so nobody can flood someone's inbox or keep renewing guesses at a code.
+        public var accountMailPerAddress = RateLimiter.Rule(burst: 10, refillSeconds: 360)
+        public var accountMailPerAccount = RateLimiter.Rule(burst: 3, refillSeconds: 300)
+        /// Code guesses (`ResetPassword`, `VerifyEmail`); a code also dies after five wrong ones.
+        public var codeGuessesPerAddress = RateLimiter.Rule(burst: 20, refillSeconds: 30)
         public init() {}
     }
 
@@ -25,13 +32,18 @@ public struct UsersService: ServiceDefinition {
     let signupLimiter: RateLimiter
     let loginAddressLimiter: RateLimiter
     let loginAccountLimiter: RateLimiter
+    let mailAddressLimiter: RateLimiter
+    let mailAccountLimiter: RateLimiter
+    let codeGuessLimiter: RateLimiter
+    let codes: any CodesClient
 
     public static let migrations = UserStore.migrations
 
     public init(
-        db: any Database, hasher: PasswordHasher, config: Configuration = .init(),
+        db: any Database, hasher: PasswordHasher, config: Configuration = .init(), codes: (any CodesClient)? = nil,
         emailVisibility: @escaping EmailVisibility = { _, _ in [] }
     ) {
+        self.codes = codes ?? CodesService(db: db)
         self.db = db
         self.hasher = hasher
         self.config = config
@@ -40,6 +52,9 @@ public struct UsersService: ServiceDefinition {
         self.signupLimiter = RateLimiter(config.signupPerAddress)
         self.loginAddressLimiter = RateLimiter(config.loginPerAddress)
         self.loginAccountLimiter = RateLimiter(config.loginPerAccount)
+        self.mailAddressLimiter = RateLimiter(config.accountMailPerAddress)
+        self.mailAccountLimiter = RateLimiter(config.accountMailPerAccount)
+        self.codeGuessLimiter = RateLimiter(config.codeGuessesPerAddress)
     }
 
     public var authenticator: any Authenticator { SessionAuthenticator(store: store) }
@@ -68,6 +83,18 @@ public struct UsersService: ServiceDefinition {
                      access: .signedIn, request: Empty.self, handler: listSessions),
             Endpoint(service: name, method: "RevokeSession", summary: "End one of the caller's sessions.",
                      access: .signedIn, handler: revokeSession),
+            Endpoint(service: name, method: "SendPasswordReset",
+                     summary: "Mail a reset code to the account with this email; always {} so nobody learns who has an account.",
+                     access: .anyone, handler: sendPasswordReset),
+            Endpoint(service: name, method: "ResetPassword",
+                     summary: "Set a new password with the mailed code; ends every session of the account.",
+                     access: .anyone, handler: resetPassword),
+            Endpoint(service: name, method: "SendVerificationEmail",
+                     summary: "Mail a new verification link for the account's email (409 when it is verified).",
+                     access: .signedIn, handler: sendVerificationEmail),
+            Endpoint(service: name, method: "VerifyEmail",
+                     summary: "Confirm an email address with the code from the verification mail.",
+                     access: .anyone, handler: verifyEmail),
         ]
     }
 
@@ -124,7 +151,7 @@ public struct UsersService: ServiceDefinition {
         guard case .user(_, let sessionID, _) = ctx.caller else {
             throw ServiceError.invalidField("id", "is required for a service key")
         }
-        try await store.endSession(id: sessionID)
+        _ = try await store.endSession(id: sessionID, userID: ctx.caller.userID ?? "")
         ctx.effects.sessionCookie = .clear
         return Empty()
     }
@@ -217,6 +244,57 @@ public struct UsersService: ServiceDefinition {
         return Empty()
     }
 
+    // MARK: Account mails
+
+    func sendPasswordReset(_ req: SendPasswordResetRequest, _ ctx: CallContext) async throws -> Empty {
+        let email = try Validate.email(req.email)
+        if !ctx.caller.isServiceKey {
+            // Limits apply to every address alike, known or not: a 429 tells nothing about accounts.
+            try await mailAddressLimiter.take("addr:" + ctx.clientAddress)
+            try await mailAccountLimiter.take("reset:" + email.lowercased())
+        }
+        try await store.requestPasswordReset(email: email)
+        return Empty()
+    }
+
+    func resetPassword(_ req: ResetPasswordRequest, _ ctx: CallContext) async throws -> Empty {
+        let email = try Validate.email(req.email)
+        guard !req.code.isEmpty else { throw ServiceError.invalidField("code", "is required") }
+        try Self.validPassword(req.newPassword, field: "new_password")
+        if !ctx.caller.isServiceKey { try await codeGuessLimiter.take("addr:" + ctx.clientAddress) }
+        // An unknown address fails exactly like a wrong code.
+        guard let account = try await store.credentials(email: email),
+              try await codes.redeem(
+                identity: AccountCode.passwordReset.identity(userID: account.user.id, email: email), code: req.code)
+        else { throw CodesService.invalidCode }
+        try await store.resetPassword(id: account.user.id, email: email, passwordHash: try await hasher.hash(req.newPassword))
+        await loginAccountLimiter.reset("acct:" + email.lowercased())
+        if ctx.caller.userID == account.user.id { ctx.effects.sessionCookie = .clear }
+        return Empty()
+    }
+
+    func sendVerificationEmail(_ req: SendVerificationEmailRequest, _ ctx: CallContext) async throws -> Empty {
+        let id = try ctx.caller.actingUser(req.id, field: "id")
+        if !ctx.caller.isServiceKey { try await mailAccountLimiter.take("verify:" + id) }
+        switch try await store.requestVerification(userID: id) {
+        case .requested: return Empty()
+        case .alreadyVerified: throw ServiceError.conflict("email is already verified")
+        case .noSuchUser: throw ServiceError.notFound("user not found")
+        }
+    }
+
+    func verifyEmail(_ req: VerifyEmailRequest, _ ctx: CallContext) async throws -> Empty {
+        let email = try Validate.email(req.email)
+        guard !req.code.isEmpty else { throw ServiceError.invalidField("code", "is required") }
+        if !ctx.caller.isServiceKey { try await codeGuessLimiter.take("addr:" + ctx.clientAddress) }
+        guard let account = try await store.credentials(email: email),
+              try await codes.redeem(
+                identity: AccountCode.emailVerification.identity(userID: account.user.id, email: email), code: req.code),
+              try await store.markVerified(id: account.user.id, email: email) != nil
+        else { throw CodesService.invalidCode }
+        return Empty()
+    }
+
     // MARK: Helpers
 
     func startSession(_ userID: String, _ ctx: CallContext) async throws -> String {
@@ -235,14 +313,14 @@ public struct UsersService: ServiceDefinition {
     func visible(_ users: [User], to caller: Caller) async throws -> [User] {
         switch caller {
         case .serviceKey: return users
-        case .anonymous: return users.map { var u = $0; u.email = nil; return u }
+        case .anonymous: return users.map { var u = $0; u.email = nil; u.emailVerified = nil; return u }
         case .user(let viewer, _, let admin):
             if admin { return users }
             let others = users.map(\.id).filter { $0 != viewer }
             let allowed = others.isEmpty ? [] : try await emailVisibility(viewer, others)
             return users.map { u in
                 var u = u
-                if u.id != viewer && !allowed.contains(u.id) { u.email = nil }
+                if u.id != viewer && !allowed.contains(u.id) { u.email = nil; u.emailVerified = nil }
                 return u
             }
         }

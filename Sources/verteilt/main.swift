@@ -71,7 +71,7 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "SMTP server URL, e.g. smtp://user:pass@host:587 (env VERTEILT_SMTP_URL; default: the development mailbox).")
     var smtpURL: String?
     @Option(help: "Sender of mails (env VERTEILT_MAIL_FROM; default \"Verteilt <noreply@localhost>\").") var mailFrom: String?
-    @Option(help: "Base URL of the web app, for links in mails (env VERTEILT_PUBLIC_URL; default http://localhost:8080).")
+    @Option(help: "Base URL of the web app, for links in mails (env VERTEILT_PUBLIC_URL; default http://localhost:PORT).")
     var publicURL: String?
 
     func apply(_ config: inout AppConfiguration) throws {

@@ -65,7 +65,7 @@ class Server:
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
                 [BIN, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--database", self.database,
-                 "--bcrypt-cost", "4", "--log-level", "info"],
+                 "--bcrypt-cost", "4", "--log-level", "info", "--public-url", self.url],
                 stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(self.database))
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -273,6 +273,85 @@ class WebAppInABrowser(unittest.TestCase):
         print("--- server log (tail) ---\n" + self.server.log_tail(), file=sys.stderr)
 
     # ---- the scenario -------------------------------------------------------------------------
+    def mails(self, to):
+        """The development mailbox's mails to `to`, newest first (read with a service key)."""
+        if not getattr(self, "service_key", None):
+            out = subprocess.run([BIN, "keys", "create", f"web-test-{time.time_ns()}", "--database", self.server.database],
+                                 check=True, capture_output=True, text=True, cwd=self.workdir)
+            type(self).service_key = out.stdout.strip().splitlines()[-1]
+        return post_json(self.server.url, "mail/List", {"to": to}, self.service_key)["mails"]
+
+    def mailed_link(self, to, path):
+        """The link to `path` in the newest mail to `to` that has one, once the workers sent it."""
+        def find(_):
+            for mail in self.mails(to):
+                for line in mail["text"].splitlines():
+                    if line.startswith(self.server.url + path + "?"):
+                        return line
+            return False
+        deadline = time.time() + WAIT
+        while time.time() < deadline:
+            link = find(None)
+            if link:
+                return link
+            time.sleep(0.2)
+        raise AssertionError(f"no mail to {to} with a link to {path}")
+
+    def test_forgotten_password_and_email_confirmation(self):
+        base = self.server.url
+        eve = self.browser("eve")
+        email = f"eve+{time.time_ns()}@example.com"
+        eve.get(f"{base}/account/signup")
+        self.sign_up(eve, "Eve", email)
+        self.wait(eve, lambda d: d.current_url.endswith("/groups"), "signed up")
+
+        # Settings say the address is not confirmed; the link in the sign-up mail confirms it.
+        eve.get(f"{base}/settings/profile")
+        self.wait(eve, lambda d: "Not confirmed" in self.el(d, "#profile-email-status").text, "not confirmed yet")
+        self.visible(eve, "#resend-verification")
+        link = self.mailed_link(email, "/account/verify")
+        eve.get(link)
+        self.wait(eve, lambda d: f"{email} is confirmed" in self.el(d, "#verify-message").text, "address confirmed")
+        self.shot(eve, "11-email-confirmed")
+        eve.get(link)  # a second use of the link fails and says what to do
+        self.wait(eve, lambda d: "invalid or has expired" in self.el(d, "#verify-message").text, "used link refused")
+        eve.get(f"{base}/settings/profile")
+        self.wait(eve, lambda d: self.el(d, "#profile-email-status").text == "Confirmed.", "settings say confirmed")
+        self.assertFalse(self.el(eve, "#resend-verification").is_displayed())
+
+        # Forgotten password: from the login page to a mailed code, a new password, signed in.
+        self.click(eve, "#logout-link")
+        self.wait(eve, lambda d: "/account/login" in d.current_url and self.state(d)["user"] is None, "logged out")
+        self.click(eve, "#forgot-link")
+        self.fill(eve, "#forgot-email", "not an address")
+        self.click(eve, "#forgot-form button[type=submit]")
+        self.wait(eve, lambda d: self.el(d, "#forgot-email-error").text, "a malformed address is shown at its field")
+        self.fill(eve, "#forgot-email", email.upper())
+        self.click(eve, "#forgot-form button[type=submit]")
+        self.wait(eve, lambda d: "/account/reset" in d.current_url and "code is on its way" in self.el(d, "#reset-sent").text,
+                  "the code form")
+        self.assert_labelled(eve, "reset")
+        link = self.mailed_link(email, "/account/reset")
+        code = urllib.parse.parse_qs(urllib.parse.urlparse(link).query)["code"][0]
+        # A wrong code is shown, then the mailed link fills the form in.
+        self.fill(eve, "#reset-code", "000000" if code != "000000" else "000001")
+        self.fill(eve, "#reset-new_password", "a forgotten-no-more phrase")
+        self.click(eve, "#reset-form button[type=submit]")
+        self.wait(eve, lambda d: "invalid or expired" in self.el(d, "#reset-code-error").text.lower(), "wrong code shown at its field")
+        eve.get(link)
+        self.wait(eve, lambda d: self.el(d, "#reset-code").get_attribute("value") == code
+                  and self.el(d, "#reset-email").get_attribute("value") == email, "the link fills email and code")
+        self.fill(eve, "#reset-new_password", "a forgotten-no-more phrase")
+        self.shot(eve, "12-reset-password")
+        self.click(eve, "#reset-form button[type=submit]")
+        self.wait(eve, lambda d: d.current_url.endswith("/groups") and self.state(d)["user"], "signed in with the new password")
+        me = self.state(eve)["user"]
+        self.assertEqual(self.api(eve, "users/Read", {"ids": [me]})["users"][me]["email"], email)
+        with self.assertRaises(urllib.error.HTTPError) as old:
+            post_json(base, "users/Login", {"email": email, "password": "correct horse battery"})
+        self.assertEqual(old.exception.code, 401)
+        self.assertEqual(js_errors(eve), [], "JavaScript errors")
+
     def test_two_people_chat_through_an_invite(self):
         try:
             self.scenario()

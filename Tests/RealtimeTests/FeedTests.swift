@@ -175,11 +175,60 @@ struct FeedTests {
             _ = try await owner.next()
             let r = try await api.post("users/Delete", [:], token: f.member.token)
             #expect(r.status == .ok)
-            #expect(try await member.closeCode() == FeedCloseCode.accountDeleted)
+            #expect(try await member.closeCode() == FeedCloseCode.signedOut)
             // Everyone else's feed carries on.
             _ = try await api.say("still here", in: f.conversationID, as: f.owner)
             #expect(try await owner.next(where: { $0["event"] as? String == "message.created" })["type"] as? String == "event")
             await owner.close()
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func endingASessionClosesTheFeedsItOpenedAndNoOthers(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            func events(_ token: String, since: Int64? = nil, ticket: String? = nil) async throws -> WSClient {
+                let query = ticket.map { "?ticket=\($0)" } ?? since.map { "?since=\($0)" } ?? ""
+                return try await WSClient(port: api.port, path: "/v1/events" + query,
+                                          headers: ticket == nil ? [.authorization: "Bearer \(token)"] : [:])
+            }
+            // The member on two devices: this one opens a feed by bearer and one by ticket.
+            let laptop = f.member.token
+            let phone = try #require(try await api.post("users/Login", ["email": f.member.email, "password": f.member.password])["token"] as? String)
+            let ticket = try #require(try await api.post("streams/Token", [:], token: laptop)["token"] as? String)
+            let byBearer = try await events(laptop)
+            let byTicket = try await events(laptop, ticket: ticket)
+            let onPhone = try await events(phone)
+            let first = try await onPhone.next()
+            _ = try await byBearer.next()
+            _ = try await byTicket.next()
+
+            #expect(try await api.post("users/Logout", [:], token: laptop).status == .ok)
+            #expect(try await byBearer.closeCode() == FeedCloseCode.signedOut)
+            #expect(try await byTicket.closeCode() == FeedCloseCode.signedOut)
+            // The phone's session lives on: it hears of the other session's end, then messages.
+            let ended = try await onPhone.next(where: { $0["event"] as? String == "session.ended" })
+            #expect(((ended["data"] as? [String: Any])?["session_ids"] as? [String])?.count == 1)
+            _ = try await api.say("after the logout", in: f.conversationID, as: f.owner)
+            _ = try await onPhone.next(where: { $0["event"] as? String == "message.created" })
+
+            // A new session resuming from before the logout replays that event and stays open.
+            let later = try #require(try await api.post("users/Login", ["email": f.member.email, "password": f.member.password])["token"] as? String)
+            let resumed = try await events(later, since: Int64(first["cursor"] as? Int ?? 0))
+            _ = try await resumed.next(where: { $0["event"] as? String == "session.ended" })
+            _ = try await resumed.next(where: { $0["event"] as? String == "message.created" })
+            _ = try await api.say("still open", in: f.conversationID, as: f.owner)
+            let live = try await resumed.next(where: { $0["event"] as? String == "message.created" })
+            #expect((live["data"] as? [String: Any])?["text"] as? String == "still open")
+
+            // A new password ends every other session: the phone's feed closes, this one stays.
+            let changed = try await api.post("users/Update", ["password": "another-password", "old_password": f.member.password], token: later)
+            #expect(changed.status == .ok)
+            #expect(try await onPhone.closeCode() == FeedCloseCode.signedOut)
+            _ = try await api.say("after the new password", in: f.conversationID, as: f.owner)
+            let kept = try await resumed.next(where: { $0["event"] as? String == "message.created" })
+            #expect((kept["data"] as? [String: Any])?["text"] as? String == "after the new password")
+            await resumed.close()
         }
     }
 

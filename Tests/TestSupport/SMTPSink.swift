@@ -68,12 +68,13 @@ public final class SMTPSink: @unchecked Sendable {
         guard p.terminationStatus == 0 else { throw ServerProcessError(description: "\(arguments.first ?? tool) failed") }
     }
 
-    /// The mails accepted so far, oldest first.
-    public func mails() -> [[String: Any]] {
+    /// The mails accepted so far, oldest first; with `to`, those addressed to it only (sign-ups
+    /// get a verification mail, which most tests are not about).
+    public func mails(to address: String? = nil) -> [[String: Any]] {
         guard let text = try? String(contentsOf: directory.appendingPathComponent("mails.jsonl"), encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
-        }
+        }.filter { mail in address.map { (mail["rcpt_tos"] as? [String] ?? []).contains($0) } ?? true }
     }
 
     /// While on, the server answers every mail with 451 (a temporary failure).

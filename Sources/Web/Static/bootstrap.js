@@ -113,7 +113,8 @@ function decide(url) {
     const next = first ? `?next=${encodeURIComponent(url.pathname + url.search)}` : '';
     return { redirect: `/account/login${next}` };
   }
-  if (user && (first === '' || (first === 'account' && segments[1] !== 'logout'))) {
+  // Signed in, the account pages lead on, except those a mailed link opens on any device.
+  if (user && (first === '' || (first === 'account' && !['logout', 'verify', 'reset'].includes(segments[1])))) {
     return { redirect: sameOriginPath(url.searchParams.get('next')) ?? '/groups' };
   }
   return { name: SECTIONS[first], segments };

@@ -30,6 +30,9 @@ function fillProfile(ctx) {
   f.email.value = u.email ?? '';
   f.old_password.value = '';
   ctx.root.querySelector('#profile-old-password-field').hidden = true;
+  const status = ctx.root.querySelector('#profile-email-status');
+  status.textContent = u.email_verified ? 'Confirmed.' : 'Not confirmed yet: open the link we mailed to this address.';
+  ctx.root.querySelector('#resend-verification').hidden = !!u.email_verified;
 }
 
 const when = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
@@ -102,10 +105,23 @@ window.verteilt.register('settings', {
         }
       });
     };
+    const resend = ctx.root.querySelector('#resend-verification');
+    const onResend = async () => {
+      const status = ctx.root.querySelector('#profile-email-status');
+      resend.disabled = true;
+      try {
+        await ctx.api.call('users/SendVerificationEmail', {});
+        status.textContent = `A new confirmation mail is on its way to ${ctx.user.email}.`;
+      } catch (err) {
+        status.textContent = err.code === 409 ? 'Confirmed.' : err.detail.charAt(0).toUpperCase() + err.detail.slice(1);
+      } finally { resend.disabled = false; }
+    };
+    resend.addEventListener('click', onResend);
     profile.addEventListener('submit', onProfile);
     password.addEventListener('submit', onPassword);
     profile.elements.email.addEventListener('input', onEmail);
     off = [
+      () => resend.removeEventListener('click', onResend),
       () => profile.removeEventListener('submit', onProfile),
       () => password.removeEventListener('submit', onPassword),
       () => profile.elements.email.removeEventListener('input', onEmail),

@@ -3,7 +3,7 @@
 // reconnecting with exponential backoff and jitter.
 
 const RESUME = 4000;          // the server says: reconnect with your cursor now
-const ACCOUNT_DELETED = 4001;
+const SIGNED_OUT = 4001;      // this session or the account ended: sign in again
 
 export class Realtime {
   #call; #emit; #socket = null; #timer = null; #wanted = false; #attempt = 0;
@@ -118,7 +118,7 @@ export class Realtime {
       if (this.#socket !== socket) return;
       this.#socket = null;
       if (!this.#wanted) return;
-      if (e.code === ACCOUNT_DELETED) { this.#emit('session:ended', {}); return; }
+      if (e.code === SIGNED_OUT) { this.#emit('session:ended', {}); return; }
       if (e.code === RESUME) { this.#attempt = 0; this.#connect(); return; }
       this.#retry();
     };
