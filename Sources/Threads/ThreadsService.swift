@@ -70,7 +70,6 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
     public let name = "threads"
     let db: any Database
     let groups: any GroupsClient
-    let users: any UsersClient
     let board: MessageBoard
 
     public static let migrations = [
@@ -94,7 +93,6 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
     public init(db: any Database, groups: any GroupsClient, users: any UsersClient, maxTextLength: Int = 4000) {
         self.db = db
         self.groups = groups
-        self.users = users
         self.board = MessageBoard(
             db: db, kind: .conversation, tablePrefix: "thread", maxTextLength: maxTextLength,
             mentions: { text, conversation, author in

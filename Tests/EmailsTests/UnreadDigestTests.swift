@@ -19,10 +19,8 @@ struct UnreadDigestTests {
         }) { api in
             let f = try await api.fixture()
             let key = try await api.serviceKey()
-            // The digests only: every sign-up also gets a verification mail.
             func mails(to account: APIClient.Account) async throws -> [[String: Any]] {
-                ((try await api.post("mail/List", ["to": account.email], token: key)["mails"] as? [[String: Any]]) ?? [])
-                    .filter { !(($0["subject"] as? String)?.hasPrefix("Confirm your email") ?? false) }
+                try await Self.digests(api, key: key, to: account)
             }
             let created = try await api.post("chats/CreateChat", ["user_ids": [f.member.id]], token: f.owner.token)
             let chat = try #require((created["chat"] as? [String: Any])?["id"] as? String)
@@ -62,6 +60,13 @@ struct UnreadDigestTests {
         }
     }
 
+    /// The digests in the development mailbox for `account`: every sign-up also gets a
+    /// verification mail, which these tests are not about.
+    static func digests(_ api: APIClient, key: String, to account: APIClient.Account) async throws -> [[String: Any]] {
+        ((try await api.post("mail/List", ["to": account.email], token: key)["mails"] as? [[String: Any]]) ?? [])
+            .filter { !(($0["subject"] as? String)?.hasPrefix("Confirm your email") ?? false) }
+    }
+
     /// The digest's app: workers on, a short delay, links under a known public URL.
     static func digestApp(delay: Duration) -> @Sendable (inout AppConfiguration) -> Void {
         { config in
@@ -81,7 +86,7 @@ struct UnreadDigestTests {
             try await api.setUsername(f.member, "max")
             try await api.setUsername(f.admin, "ada")
             func mails(to account: APIClient.Account) async throws -> [[String: Any]] {
-                (try await api.post("mail/List", ["to": account.email], token: key)["mails"] as? [[String: Any]]) ?? []
+                try await Self.digests(api, key: key, to: account)
             }
             try await api.say("@MAX can you check <this> & that?", in: f.conversationID, as: f.owner)
             try await eventually("the digest", seconds: 30) { try await mails(to: f.member).count == 1 }
@@ -107,9 +112,7 @@ struct UnreadDigestTests {
             let f = try await api.fixture()
             let key = try await api.serviceKey()
             try await api.setUsername(f.member, "max")
-            func mails() async throws -> [[String: Any]] {
-                (try await api.post("mail/List", ["to": f.member.email], token: key)["mails"] as? [[String: Any]]) ?? []
-            }
+            func mails() async throws -> [[String: Any]] { try await Self.digests(api, key: key, to: f.member) }
             let m = try await api.say("who can help?", in: f.conversationID, as: f.owner)
             let id = try #require(m["id"] as? String)
             try await Task.sleep(for: .seconds(2))
@@ -131,9 +134,7 @@ struct UnreadDigestTests {
             let f = try await api.fixture()
             let key = try await api.serviceKey()
             try await api.setUsername(f.member, "max")
-            func mails() async throws -> [[String: Any]] {
-                (try await api.post("mail/List", ["to": f.member.email], token: key)["mails"] as? [[String: Any]]) ?? []
-            }
+            func mails() async throws -> [[String: Any]] { try await Self.digests(api, key: key, to: f.member) }
             let other = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Trips"], token: f.owner.token)
             let trips = try #require((other["conversation"] as? [String: Any])?["id"] as? String)
 
@@ -164,9 +165,7 @@ struct UnreadDigestTests {
             let f = try await api.fixture()
             let key = try await api.serviceKey()
             try await api.setUsername(f.member, "max")
-            func mails() async throws -> [[String: Any]] {
-                (try await api.post("mail/List", ["to": f.member.email], token: key)["mails"] as? [[String: Any]]) ?? []
-            }
+            func mails() async throws -> [[String: Any]] { try await Self.digests(api, key: key, to: f.member) }
             let other = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Trips"], token: f.admin.token)
             let trips = try #require((other["conversation"] as? [String: Any])?["id"] as? String)
             let created = try await api.post("chats/CreateChat", ["user_ids": [f.member.id]], token: f.owner.token)
