@@ -8,8 +8,9 @@
 //
 // The server is a separate `verteilt serve` process (the release binary beside this one), so its
 // RSS and CPU time are its own. Latency is taken from the send time written into each message to
-// its arrival, recorded in an HdrHistogram. The clients are plain NIO channel handlers that parse
-// WebSocket frames themselves: on two shared cores the harness must cost less than the server.
+// its arrival, recorded in an HdrHistogram. The clients (FeedClients.swift) are WebSocket clients
+// on raw sockets and epoll: on two shared cores every microsecond the harness spends is taken from
+// the server it measures.
 import Foundation
 import Histogram
 import HTTPTypes
@@ -72,31 +73,6 @@ func cpuSeconds(_ pid: Int32) -> Double {
     return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
-func nanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
-
-/// Send-to-delivery latencies in an HdrHistogram (microseconds, 3 significant digits).
-final class Stats: Sendable {
-    private let state = NIOLockedValueBox<(histogram: Histogram<UInt64>, delivered: Int, last: UInt64)>(
-        (Histogram(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three), 0, 0))
-    func record(sentAt: UInt64) {
-        let now = nanos()
-        state.withLockedValue {
-            _ = $0.histogram.record((now &- sentAt) / 1000)
-            $0.delivered += 1
-            $0.last = now
-        }
-    }
-    var delivered: Int { state.withLockedValue { $0.delivered } }
-    var lastDelivery: UInt64 { state.withLockedValue { $0.last } }
-    /// p50, p99, p99.9 and max in milliseconds.
-    func percentiles() -> (Double, Double, Double, Double) {
-        state.withLockedValue { s in
-            let h = s.histogram
-            return (Double(h.valueAtPercentile(50)) / 1000, Double(h.valueAtPercentile(99)) / 1000,
-                    Double(h.valueAtPercentile(99.9)) / 1000, Double(h.max) / 1000)
-        }
-    }
-}
 
 func http(_ port: Int, _ path: String, _ json: [String: Any], token: String? = nil) async throws -> [String: Any] {
     let client = TestClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(30)))
@@ -147,101 +123,9 @@ for t in users.dropFirst() { _ = try await http(options.port, "/v1/invites/Accep
 let conv = try await http(options.port, "/v1/threads/CreateConversation", ["group_id": groupID, "topic": "load"], token: sender)
 let conversationID = (conv["conversation"] as! [String: Any])["id"] as! String
 
-let stats = Stats()
-let connected = NIOLockedValueBox(0)
 let count = options.idle ?? options.clients
-let marker = Array("\"text\":\"t=".utf8)
-
-/// One client socket: upgrades, then parses server frames (unmasked) straight from the bytes.
-final class FeedClient: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-    let token: String
-    let port: Int
-    var buffer = ByteBuffer()
-    var upgraded = false
-
-    init(token: String, port: Int) {
-        self.token = token
-        self.port = port
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        let request = "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer \(token)\r\n\r\n"
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
-    }
-
-    /// The number after `"text":"t=` in a frame's payload (memmem: the harness must stay cheap).
-    static func sentAt(in payload: UnsafeRawBufferPointer) -> UInt64? {
-        guard let base = payload.baseAddress, payload.count > marker.count else { return nil }
-        var at: Int?
-        marker.withUnsafeBytes { m in
-            for i in 0...(payload.count - m.count) where payload[i] == m[0] && memcmp(base + i, m.baseAddress!, m.count) == 0 {
-                at = i
-                break
-            }
-        }
-        guard var i = at.map({ $0 + marker.count }) else { return nil }
-        var v: UInt64 = 0
-        while i < payload.count, payload[i] >= 48, payload[i] <= 57 {
-            v = v * 10 + UInt64(payload[i] - 48)
-            i += 1
-        }
-        return v
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        buffer.writeBuffer(&incoming)
-        if !upgraded {
-            let view = buffer.readableBytesView
-            guard let end = view.firstRange(of: [13, 10, 13, 10]) else { return }
-            buffer.moveReaderIndex(to: end.upperBound)
-            upgraded = true
-            connected.withLockedValue { $0 += 1 }
-        }
-        while let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self) {
-            var offset = 2
-            var length = Int(second & 0x7f)
-            if length == 126 {
-                guard let l = buffer.getInteger(at: buffer.readerIndex + 2, as: UInt16.self) else { break }
-                length = Int(l)
-                offset = 4
-            } else if length == 127 {
-                guard let l = buffer.getInteger(at: buffer.readerIndex + 2, as: UInt64.self) else { break }
-                length = Int(l)
-                offset = 10
-            }
-            guard buffer.readableBytes >= offset + length else { break }
-            let opcode = (buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) ?? 0) & 0x0f
-            buffer.moveReaderIndex(forwardBy: offset)
-            if opcode == 0x9 {
-                // Answer the server's heartbeat: an empty pong, masked as client frames must be.
-                context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [0x8a, 0x80, 0, 0, 0, 0])), promise: nil)
-            }
-            if let sentAt = buffer.withUnsafeReadableBytes({ Self.sentAt(in: UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }) {
-                stats.record(sentAt: sentAt)
-            }
-            buffer.moveReaderIndex(forwardBy: length)
-        }
-        buffer.discardReadBytes()
-    }
-}
-
-// N clients, each its own WebSocket.
-let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-var channels: [any Channel] = []
-for i in 0..<count {
-    let token = users[i % users.count]
-    channels.append(try await ClientBootstrap(group: clientGroup)
-        .channelInitializer { $0.pipeline.addHandler(FeedClient(token: token, port: options.port)) }
-        .connect(host: "127.0.0.1", port: options.port).get())
-}
-while connected.withLockedValue({ $0 }) < count {
-    try await Task.sleep(for: .milliseconds(100))
-}
-
+let clients = try FeedClients(count: count, port: options.port, tokens: users, readers: 2)
+clients.start()
 if options.idle != nil {
     try await Task.sleep(for: .seconds(2))
     let rss = rssKiB(server.processIdentifier)
@@ -273,15 +157,17 @@ if options.idle != nil {
     let sendSeconds = Double(nanos() - startNanos) / 1e9
     let sendDone = ContinuousClock.now
     let expected = total * count
-    while stats.delivered < expected && sendDone.duration(to: .now) < .seconds(30) {
+    while clients.delivered < expected && sendDone.duration(to: .now) < .seconds(30) {
         try await Task.sleep(for: .milliseconds(50))
     }
-    let seconds = Double(stats.lastDelivery - startNanos) / 1e9
+    let seconds = Double(clients.lastDelivery - startNanos) / 1e9
     let serverCPU = cpuSeconds(server.processIdentifier) - cpuBefore
     let clientCPU = cpuSeconds(getpid()) - ownCPUBefore
-    let (p50, p99, p999, max) = stats.percentiles()
+    clients.stop()
+    let (p50, p99, p999, max) = clients.percentiles()
+    let delivered = clients.delivered
     let rss = rssKiB(server.processIdentifier)
-    print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(stats.delivered)/\(expected) | \(String(format: "%.0f", Double(stats.delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, stats.delivered)))) µs | \(String(format: "%.1f", clientCPU * 1e6 / Double(Swift.max(1, stats.delivered)))) µs |")
+    print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(delivered)/\(expected) | \(String(format: "%.0f", Double(delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, delivered)))) µs | \(String(format: "%.1f", clientCPU * 1e6 / Double(Swift.max(1, delivered)))) µs |")
 }
 server.terminate()
 server.waitUntilExit()

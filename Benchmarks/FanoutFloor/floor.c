@@ -24,6 +24,7 @@
 
 static int clients = 1000, writers = 2, readers = 2, frame = 260;
 static double rate = 100, seconds = 10;
+static const char *cc = NULL;  // --cc cubic: the server sockets' congestion control
 static int *server_fds, *client_fds;
 static volatile int done = 0;
 
@@ -131,6 +132,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--frame")) frame = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--writers")) writers = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--readers")) readers = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--cc")) cc = argv[i + 1];
         else { fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
     }
     struct rlimit rl;
@@ -151,6 +153,7 @@ int main(int argc, char **argv) {
         if (connect(client_fds[i], (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 1; }
         server_fds[i] = accept(lfd, NULL, NULL);
         setsockopt(server_fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (cc && setsockopt(server_fds[i], IPPROTO_TCP, TCP_CONGESTION, cc, strlen(cc))) { perror("TCP_CONGESTION"); return 1; }
         setsockopt(client_fds[i], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     lat_cap = (long)(rate * seconds) * clients + 16;

@@ -195,10 +195,19 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
         context.fireChannelRead(data)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        isWritable = context.channel.isWritable
+    }
 
-    var isWritable: Bool { context?.channel.isWritable ?? false }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        isWritable = false
+    }
+
+    /// The channel's writability, kept here on the event loop as it changes: asked twice per
+    /// event per connection, where the channel's own answer costs a retain and an atomic load.
+    private(set) var isWritable = false
 
     func write(_ bytes: ByteBuffer) { context?.write(wrapOutboundOut(bytes), promise: nil) }
     func flush() { context?.flush() }
@@ -208,7 +217,8 @@ final class FeedWire: ChannelInboundHandler, RemovableChannelHandler, @unchecked
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { onWritable?() }
+        isWritable = context.channel.isWritable
+        if isWritable { onWritable?() }
         context.fireChannelWritabilityChanged()
     }
 }

@@ -1,0 +1,227 @@
+// The fan-out clients: N WebSocket connections to `/v1/events`, read by a few threads with epoll
+// and plain read(2), frames parsed straight from the bytes. A real WebSocket client (the upgrade
+// handshake, frame parsing, masked pongs to the server's pings) and nothing else, so that on two
+// shared cores the harness takes as little as possible from the server it measures.
+import Foundation
+import Histogram
+import NIOConcurrencyHelpers
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(CNIOLinux)
+import CNIOLinux  // <sys/epoll.h>, which Glibc's module leaves out
+#endif
+
+func nanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+struct HarnessError: Error, CustomStringConvertible { let description: String }
+
+final class FeedClients: @unchecked Sendable {
+    /// One connection's bytes of a frame that has not fully arrived yet.
+    struct Connection {
+        var fd: Int32
+        var pending: [UInt8] = []
+    }
+
+    private let readers: [Reader]
+    private let stopping = NIOLockedValueBox(false)
+    private var threads: [Thread] = []
+
+    /// Connects and upgrades `count` sockets (tokens used round-robin), blocking until all are open.
+    init(count: Int, port: Int, tokens: [String], readers readerCount: Int) throws {
+        var conns: [[Connection]] = Array(repeating: [], count: readerCount)
+        for i in 0..<count {
+            let (fd, leftover) = try Self.open(port: port, token: tokens[i % tokens.count])
+            conns[i % readerCount].append(Connection(fd: fd, pending: leftover))
+        }
+        readers = conns.map { Reader(connections: $0) }
+    }
+
+    func start() {
+        for r in readers {
+            let stopping = self.stopping
+            let t = Thread { r.run(until: { stopping.withLockedValue { $0 } }) }
+            t.start()
+            threads.append(t)
+        }
+    }
+
+    /// Stops the readers and waits for them (they wake every 100 ms).
+    func stop() {
+        stopping.withLockedValue { $0 = true }
+        while readers.contains(where: { !$0.finished.withLockedValue { $0 } }) { usleep(10_000) }
+    }
+
+    var delivered: Int { readers.reduce(0) { $0 + $1.stats.withLockedValue { $0.delivered } } }
+    var lastDelivery: UInt64 { readers.map { $0.stats.withLockedValue { $0.last } }.max() ?? 0 }
+
+    /// p50, p99, p99.9 and max in milliseconds, over all readers.
+    func percentiles() -> (Double, Double, Double, Double) {
+        var all = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
+        for r in readers { r.stats.withLockedValue { all.add($0.histogram) } }
+        return (Double(all.valueAtPercentile(50)) / 1000, Double(all.valueAtPercentile(99)) / 1000,
+                Double(all.valueAtPercentile(99.9)) / 1000, Double(all.max) / 1000)
+    }
+
+    /// A blocking connect and upgrade; returns the socket (then non-blocking) and any frame bytes
+    /// that came with the 101 answer.
+    static func open(port: Int, token: String) throws -> (Int32, [UInt8]) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw HarnessError(description: "socket: \(String(cString: strerror(errno)))") }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard ok == 0 else { throw HarnessError(description: "connect: \(String(cString: strerror(errno)))") }
+        let request = "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer \(token)\r\n\r\n"
+        let bytes = Array(request.utf8)
+        guard write(fd, bytes, bytes.count) == bytes.count else { throw HarnessError(description: "write: upgrade") }
+        var got: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            guard n > 0 else { throw HarnessError(description: "the server closed during the upgrade") }
+            got += chunk[0..<n]
+            if let end = got.firstRange(of: [13, 10, 13, 10]) {
+                guard got.starts(with: Array("HTTP/1.1 101".utf8)) else {
+                    throw HarnessError(description: "upgrade refused: \(String(decoding: got, as: UTF8.self))")
+                }
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                return (fd, Array(got[end.upperBound...]))
+            }
+        }
+    }
+}
+
+/// One thread's connections, its epoll set and its own histogram (merged at the end).
+final class Reader: @unchecked Sendable {
+    struct Stats {
+        var histogram = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
+        var delivered = 0
+        var last: UInt64 = 0
+    }
+    var connections: [FeedClients.Connection]
+    let stats = NIOLockedValueBox(Stats())
+    let finished = NIOLockedValueBox(false)
+    static let marker = Array("\"text\":\"t=".utf8)
+    static let pong: [UInt8] = [0x8a, 0x80, 0, 0, 0, 0]
+
+    init(connections: [FeedClients.Connection]) { self.connections = connections }
+
+    func run(until stopping: () -> Bool) {
+        let ep = epoll_create1(0)
+        for (i, c) in connections.enumerated() {
+            var ev = epoll_event()
+            ev.events = EPOLLIN.rawValue
+            ev.data.u64 = UInt64(i)
+            epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev)
+        }
+        var events = [epoll_event](repeating: epoll_event(), count: 256)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
+        defer { buffer.deallocate() }
+        // Latencies of one epoll round, recorded under the lock once per round.
+        var local: [UInt64] = []
+        local.reserveCapacity(4096)
+        for i in connections.indices where !connections[i].pending.isEmpty {
+            let leftover = connections[i].pending
+            connections[i].pending = []
+            leftover.withUnsafeBytes { consume(i, $0, into: &local) }
+        }
+        while !stopping() {
+            let n = epoll_wait(ep, &events, Int32(events.count), 100)
+            for k in 0..<max(0, Int(n)) {
+                let i = Int(events[k].data.u64)
+                while true {
+                    let got = read(connections[i].fd, buffer.baseAddress, buffer.count)
+                    if got <= 0 { break }
+                    let now = nanos()
+                    let start = local.count
+                    consume(i, UnsafeRawBufferPointer(rebasing: buffer[0..<got]), into: &local)
+                    for j in start..<local.count { local[j] = (now &- local[j]) / 1000 }
+                    if got < buffer.count { break }
+                }
+            }
+            if !local.isEmpty {
+                let now = nanos()
+                stats.withLockedValue { s in
+                    for v in local { _ = s.histogram.record(v) }
+                    s.delivered += local.count
+                    s.last = now
+                }
+                local.removeAll(keepingCapacity: true)
+            }
+        }
+        close(ep)
+        finished.withLockedValue { $0 = true }
+    }
+
+    /// Parses the frames in `bytes` (after what connection `i` had pending); appends the send
+    /// time of each message frame to `sent` and answers pings.
+    func consume(_ i: Int, _ bytes: UnsafeRawBufferPointer, into sent: inout [UInt64]) {
+        if connections[i].pending.isEmpty {
+            let used = frames(i, bytes, into: &sent)
+            if used < bytes.count { connections[i].pending = Array(bytes[used...]) }
+        } else {
+            var joined = connections[i].pending
+            joined += bytes
+            let used = joined.withUnsafeBytes { frames(i, $0, into: &sent) }
+            connections[i].pending = Array(joined[used...])
+        }
+    }
+
+    /// Whole frames from the start of `bytes`; returns how many bytes they took.
+    private func frames(_ i: Int, _ bytes: UnsafeRawBufferPointer, into sent: inout [UInt64]) -> Int {
+        var at = 0
+        while bytes.count - at >= 2 {
+            let opcode = bytes[at] & 0x0f
+            var length = Int(bytes[at + 1] & 0x7f)
+            var header = 2
+            if length == 126 {
+                guard bytes.count - at >= 4 else { break }
+                length = Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
+                header = 4
+            } else if length == 127 {
+                guard bytes.count - at >= 10 else { break }
+                length = (0..<8).reduce(0) { $0 << 8 | Int(bytes[at + 2 + $1]) }
+                header = 10
+            }
+            guard bytes.count - at >= header + length else { break }
+            let payload = UnsafeRawBufferPointer(rebasing: bytes[(at + header)..<(at + header + length)])
+            if opcode == 0x9 {
+                _ = Self.pong.withUnsafeBytes { write(connections[i].fd, $0.baseAddress, $0.count) }
+            } else if opcode == 0x1, let t = Self.sentAt(in: payload) {
+                sent.append(t)
+            }
+            at += header + length
+        }
+        return at
+    }
+
+    /// The number after `"text":"t=` in a frame's payload.
+    static func sentAt(in payload: UnsafeRawBufferPointer) -> UInt64? {
+        guard let base = payload.baseAddress, payload.count > marker.count else { return nil }
+        var found: Int?
+        marker.withUnsafeBytes { m in
+            var i = 0
+            while i <= payload.count - m.count {
+                guard let p = memchr(base + i, Int32(m[0]), payload.count - m.count - i + 1) else { return }
+                let off = base.distance(to: UnsafeRawPointer(p))
+                if memcmp(base + off, m.baseAddress!, m.count) == 0 { found = off; return }
+                i = off + 1
+            }
+        }
+        guard var i = found.map({ $0 + marker.count }) else { return nil }
+        var v: UInt64 = 0
+        while i < payload.count, payload[i] >= 48, payload[i] <= 57 {
+            v = v * 10 + UInt64(payload[i] - 48)
+            i += 1
+        }
+        return v
+    }
+}
