@@ -46,7 +46,7 @@ public struct WebApp: Sendable {
     }
 
     /// The first path segments that are app pages: each gets the shell.
-    public static let appSections = ["account", "groups", "chats", "settings", "invite"]
+    public static let appSections = ["account", "groups", "chats", "settings", "invite", "admin"]
 
     let files: [String: Asset]
     let shell: Asset
@@ -135,7 +135,8 @@ public struct WebApp: Sendable {
     }
 
     /// The shell for `/` and every app section, `/config.json`, the assets, and `GET /api/session`
-    /// (who the cookie or bearer token belongs to: how the app learns it is signed in).
+    /// (who the cookie or bearer token belongs to, and whether they have the admin role: how the app
+    /// learns it is signed in and whether to offer its admin view).
     public func addRoutes(to router: Router<GatewayContext>, gateway: Gateway, users: any UsersClient) {
         router.get("/config.json") { request, _ in
             self.respond(self.config, request, cache: "no-cache")
@@ -162,9 +163,9 @@ public struct WebApp: Sendable {
             switch caller {
             case .anonymous: throw ServiceError.unauthorized()
             case .serviceKey: throw ServiceError.forbidden("the session is for user sessions")
-            case .user(let id, _, _):
+            case .user(let id, _, let isAdmin):
                 guard let user = try await users.users(ids: [id])[id] else { throw ServiceError.unauthorized() }
-                let body = try JSON.encode(SessionBody(user: user))
+                let body = try JSON.encode(SessionBody(user: user, isAdmin: isAdmin))
                 return Response(status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-store"],
                                 body: .init(byteBuffer: ByteBuffer(bytes: body)))
             }
@@ -210,6 +211,8 @@ public struct WebApp: Sendable {
 
 struct SessionBody: Encodable {
     let user: User
+    /// The role as of this request (`verteilt admin grant` takes effect on the next one).
+    let isAdmin: Bool
 }
 
 struct WebError: Error, CustomStringConvertible {

@@ -99,6 +99,13 @@ public struct APIClient: Sendable {
     public func serviceKey(_ name: String = "backend") async throws -> String {
         try await ServiceKeys(db: database).create(name: name + "-" + UUID().uuidString.prefix(6))
     }
+
+    /// Gives or takes the admin role, as `verteilt admin grant` / `revoke` do.
+    public func setAdmin(_ account: Account, _ admin: Bool = true) async throws {
+        guard try await ServiceKeys(db: database).setAdmin(email: account.email, admin) else {
+            throw TestDatabaseError(description: "no account with email \(account.email)")
+        }
+    }
 }
 
 /// Builds the whole server on a fresh database of `backend`, runs it on a loopback port, and

@@ -24,7 +24,8 @@ struct WebAppTests {
     @Test
     func deepLinksGetTheShell() async throws {
         try await withTestApp(.sqlite) { api in
-            for path in ["/", "/account/login", "/groups", "/groups/abc/def", "/chats/x", "/settings/sessions", "/invite/CODE123"] {
+            for path in ["/", "/account/login", "/groups", "/groups/abc/def", "/chats/x", "/settings/sessions", "/invite/CODE123",
+                         "/admin", "/admin/mail", "/admin/runs/abc"] {
                 let r = try await Self.get(api, path)
                 #expect(r.status == .ok, "\(path)")
                 #expect(r.headers[.contentType] == "text/html; charset=utf-8", "\(path)")
@@ -74,6 +75,8 @@ struct WebAppTests {
                 ("bootstrap.js", "text/javascript; charset=utf-8"), ("app.css", "text/css; charset=utf-8"),
                 ("chat/index.html", "text/html; charset=utf-8"), ("chat/chat.js", "text/javascript; charset=utf-8"),
                 ("account/account.css", "text/css; charset=utf-8"), ("shared/realtime.js", "text/javascript; charset=utf-8"),
+                ("admin/index.html", "text/html; charset=utf-8"), ("admin/admin.js", "text/javascript; charset=utf-8"),
+                ("admin/admin.css", "text/css; charset=utf-8"),
             ]
             for (file, type) in cases {
                 let r = try await Self.get(api, prefix + file)
@@ -120,9 +123,9 @@ struct WebAppTests {
         }
     }
 
-    @Test
-    func sessionSaysWhoIsSignedIn() async throws {
-        try await withTestApp(.sqlite) { api in
+    @Test(arguments: Backend.all)
+    func sessionSaysWhoIsSignedIn(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
             let none = try await Self.get(api, "/api/session")
             #expect(none.status == .unauthorized && none.isErrorShape)
             let forged = try await Self.get(api, "/api/session", [.cookie: "verteilt_session=forged"])
@@ -134,6 +137,14 @@ struct WebAppTests {
             let user = try #require(r["user"] as? [String: Any])
             #expect(user["id"] as? String == acct.id)
             #expect(user["email"] as? String == acct.email)
+            #expect(r["is_admin"] as? Bool == false)
+            // The role is read on every request: granted, the next answer says so; revoked, no more.
+            try await api.setAdmin(acct)
+            let admin = try await Self.get(api, "/api/session", [.cookie: "verteilt_session=\(acct.token)"])
+            #expect(admin.status == .ok && admin["is_admin"] as? Bool == true)
+            try await api.setAdmin(acct, false)
+            let revoked = try await Self.get(api, "/api/session", [.cookie: "verteilt_session=\(acct.token)"])
+            #expect(revoked.status == .ok && revoked["is_admin"] as? Bool == false)
             let key = try await api.serviceKey()
             let byKey = try await api.request("/api/session", method: .get, token: key)
             #expect(byKey.status == .forbidden && byKey.isErrorShape)

@@ -7,7 +7,7 @@ import { Realtime } from './shared/realtime.js';
 
 const base = new URL('./', import.meta.url);
 /** First path segment → micro-frontend folder. */
-const SECTIONS = { account: 'account', groups: 'chat', chats: 'chat', settings: 'settings', invite: 'invite' };
+const SECTIONS = { account: 'account', groups: 'chat', chats: 'chat', settings: 'settings', invite: 'invite', admin: 'admin' };
 /** Sections a signed-out visitor may see. */
 const PUBLIC = new Set(['account', 'invite']);
 
@@ -16,6 +16,7 @@ const registry = new Map();   // micro-frontend name → its hooks (a module run
 const registered = new Map(); // name → resolve() of someone waiting for it
 let config = {};
 let user = null;
+let admin = false;            // whether `user` has the admin role (only shows the Admin link: the server decides)
 let current = null;           // { name, hooks, ctx, nodes, globals, cleanups }
 let generation = 0;
 
@@ -54,15 +55,31 @@ bus.on('realtime:status', ({ status }) => {
   el.textContent = status === 'reconnecting' ? 'Reconnecting…' : status === 'connecting' ? 'Connecting…' : '';
 });
 
-function setSession(next) {
+/** `isAdmin` from `/api/session`; left out (a sign-in answer has no role), a new user's role is asked for. */
+function setSession(next, { isAdmin } = {}) {
   const previous = user;
   user = next;
   document.getElementById('main-nav').hidden = !user;
   if (!user) {
+    admin = false;
     realtime.stop();
     if (previous) clearStorage(previous.id);
+  } else if (isAdmin !== undefined) {
+    admin = isAdmin === true;
+  } else if (user.id !== previous?.id) {
+    admin = false;
+    refreshSession().catch(() => {});
   }
+  document.getElementById('admin-link').hidden = !admin;
   bus.emit('session:changed', { user });
+}
+
+/** Asks the server who is signed in and with which role (after a sign-in, or a role granted since). */
+async function refreshSession() {
+  const asked = user?.id;
+  const session = await api.page('/api/session');
+  if (user && user.id === asked) setSession(session.user, { isAdmin: session.is_admin === true });
+  return session;
 }
 
 // ---- storage, namespaced per user and micro-frontend -------------------------------------------
@@ -271,6 +288,9 @@ function makeContext(name, root, cleanups) {
     root,
     config,
     get user() { return user; },
+    /** Whether the user has the admin role, as the session said; `refreshSession()` asks again. */
+    get isAdmin() { return admin; },
+    refreshSession,
     api: { call: api.call, page: api.page, ApiError },
     bus: { on: (t, fn) => track(bus.on(t, fn)), emit: bus.emit },
     storage: storageFor(name),
@@ -375,11 +395,11 @@ async function start() {
   if (likely) fetchHTML(likely).catch(() => {});
   const [cfg, session] = await Promise.all([
     fetch('/config.json').then((r) => (r.ok ? r.json() : {})).catch(() => ({})),
-    api.page('/api/session').then((r) => r.user).catch(() => null),
+    api.page('/api/session').catch(() => null),
   ]);
   config = Object.freeze(cfg);
   if (config.labels?.app_name) document.getElementById('brand').textContent = config.labels.app_name;
-  setSession(session);
+  setSession(session?.user ?? null, { isAdmin: session?.is_admin === true });
   await route();
 }
 
