@@ -82,7 +82,7 @@ public struct MailService: ServiceDefinition {
         let limit = req.limit ?? 50
         guard (1...500).contains(limit) else { throw ServiceError.invalidField("limit", "must be between 1 and 500") }
         // Recipients are a JSON array; filter after reading, from a bounded window.
-        let wanted = try req.to.flatMap { $0.isEmpty ? nil : try Validate.email($0).lowercased() }
+        let wanted = try req.to.flatMap { $0.isEmpty ? nil : try Validate.email($0, field: "to").lowercased() }
         let rows = try await db.read { conn in
             try await conn.query(
                 "SELECT id, sender, recipients, subject, text_body, html_body, created_at FROM mailbox ORDER BY created_at DESC, id LIMIT $1",

@@ -32,7 +32,7 @@ from selenium.common.exceptions import (ElementClickInterceptedException, Elemen
                                         NoSuchElementException, StaleElementReferenceException, TimeoutException)  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ARTIFACTS = os.path.join(ROOT, "artifacts", "browser")
@@ -351,6 +351,190 @@ class WebAppInABrowser(unittest.TestCase):
             post_json(base, "users/Login", {"email": email, "password": "correct horse battery"})
         self.assertEqual(old.exception.code, 401)
         self.assertEqual(js_errors(eve), [], "JavaScript errors")
+
+    def admin_cli(self, *args):
+        """`verteilt admin ...` against the test server's database, as an operator runs it."""
+        subprocess.run([BIN, "admin", *args, "--database", self.server.database],
+                       check=True, capture_output=True, text=True, cwd=self.workdir)
+
+    def runs(self, driver, **filters):
+        return self.api(driver, "workflows/ListRuns", filters)["runs"]
+
+    def run_status(self, driver, run_id):
+        return self.api(driver, "workflows/ReadRun", {"id": run_id})["run"]["status"]
+
+    def test_admin_mailbox_and_workflow_runs(self):
+        try:
+            self.admin_scenario()
+        except BaseException:
+            traceback.print_exc()
+            self.diagnose()
+            raise
+
+    def admin_scenario(self):
+        base = self.server.url
+        suffix = str(time.time_ns())
+        root = self.browser("root")
+        nina = self.browser("nina", width=390, height=844, phone=True)
+
+        # An account gets the admin role from the command line; reloaded, the app shows the Admin link.
+        root_email = f"root-{suffix}@example.com"
+        root.get(f"{base}/account/signup")
+        self.sign_up(root, "Root", root_email)
+        self.wait(root, lambda d: d.current_url.endswith("/groups"), "root signed up")
+        self.assertFalse(self.el(root, "#admin-link").is_displayed(), "no Admin link without the role")
+        self.admin_cli("grant", root_email)
+        root.refresh()
+        self.visible(root, "#admin-link")
+
+        # Nina (no admin role, on a phone) signs up: no Admin link, and /admin says she may not.
+        nina_email = f"nina-{suffix}@example.com"
+        nina.get(f"{base}/account/signup")
+        self.sign_up(nina, "Nina", nina_email)
+        self.wait(nina, lambda d: d.current_url.endswith("/groups"), "nina signed up")
+        self.assertFalse(self.el(nina, "#admin-link").is_displayed(), "no Admin link for a non-admin")
+        for path in ("/admin", "/admin/runs/someid"):
+            nina.get(base + path)
+            self.wait(nina, lambda d: self.state(d)["microFrontend"] == "admin"
+                      and self.el(d, "#admin-title").text == "Not allowed", f"{path}: the not-allowed view")
+            self.assertTrue(self.el(nina, "#admin-denied").is_displayed())
+            self.assertFalse(self.el(nina, "#admin-tabs").is_displayed())
+            self.assertFalse([p for p in nina.find_elements(By.CSS_SELECTOR, "[data-panel]") if p.is_displayed()])
+        self.shot(nina, "13-admin-not-allowed-phone")
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            self.api(nina, "mail/List", {})
+        self.assertEqual(refused.exception.code, 403, "the server refuses her too")
+
+        # The mailbox lists mails newest first: Nina's verification mail above Root's.
+        self.mailed_link(root_email, "/account/verify")
+        link = self.mailed_link(nina_email, "/account/verify")
+        self.click(root, "#admin-link")
+        self.wait(root, lambda d: d.current_url == f"{base}/admin/mail", "/admin leads to the mailbox")
+        self.assertEqual(self.el(root, "#admin-link").get_attribute("aria-current"), "page")
+        items = self.wait(root, lambda d: [a.text for a in d.find_elements(By.CSS_SELECTOR, "#mail-list a")], "mails listed")
+        mine = [i for i, t in enumerate(items) if nina_email in t or root_email in t]
+        self.assertEqual(len(mine), 2, items)
+        self.assertIn(nina_email, items[mine[0]])
+        self.assertIn("Confirm your email address", items[mine[0]])
+        self.assert_labelled(root, "mailbox")
+
+        # Filtered by her address, it is the one mail; opened, its text, links and HTML show.
+        self.fill(root, "#mail-to", "not an address")
+        self.click(root, "#mail-filter button[type=submit]")
+        self.wait(root, lambda d: self.el(d, "#mail-to-error").text, "a malformed address is shown at its field")
+        self.fill(root, "#mail-to", nina_email)
+        self.click(root, "#mail-filter button[type=submit]")
+        self.wait(root, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#mail-list a")) == 1
+                  and "One mail to" in self.el(d, "#mail-info").text, "one mail to nina")
+        self.assertIn("to=", root.current_url)
+        self.click(root, "#mail-list a")
+        self.wait(root, lambda d: "/admin/mail/" in d.current_url and self.el(d, "#mail-detail").is_displayed(), "mail open")
+        self.assertIn("Confirm your email address", self.el(root, "#mail-subject").text)
+        self.assertIn(nina_email, self.el(root, "#mail-meta").text)
+        self.assertIn(link, self.el(root, "#mail-text").text)
+        listed = [a.get_attribute("href") for a in root.find_elements(By.CSS_SELECTOR, "#mail-links a")]
+        self.assertEqual(listed, [link], "the mail's one link, once")
+        self.assertEqual(root.find_elements(By.LINK_TEXT, "Confirm my address"), [], "mail HTML never enters the app's page")
+        frame = self.el(root, "#mail-html iframe")
+        self.assertEqual(frame.get_attribute("sandbox"), "allow-popups allow-popups-to-escape-sandbox")
+        self.assertTrue(frame.get_attribute("title"))
+        self.shot(root, "14-admin-mail")
+        root.switch_to.frame(frame)
+        try:
+            self.wait(root, lambda d: "Confirm my address" in d.find_element(By.TAG_NAME, "body").text, "the HTML part in the frame")
+            anchor = root.find_element(By.LINK_TEXT, "Confirm my address")
+            self.assertEqual(anchor.get_attribute("href"), link)
+            self.assertEqual(anchor.get_attribute("target"), "_blank")
+            self.assertEqual(root.find_elements(By.CSS_SELECTOR, "[style], script"), [])
+        finally:
+            root.switch_to.default_content()
+        # The link works: it opens in a new tab and confirms Nina's address.
+        before = root.window_handles
+        self.click(root, "#mail-links a")
+        self.wait(root, lambda d: len(d.window_handles) == len(before) + 1, "the link opens a tab")
+        root.switch_to.window([w for w in root.window_handles if w not in before][0])
+        self.wait(root, lambda d: f"{nina_email} is confirmed" in self.el(d, "#verify-message").text, "the mailed link works")
+        root.close()
+        root.switch_to.window(before[0])
+
+        # At phone width the open mail takes the place of the list, with a way back.
+        root.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
+        try:
+            self.visible(root, "#mail-back")
+            self.assertFalse(self.el(root, "#mail-list").is_displayed())
+            self.assertLessEqual(root.execute_script("return document.documentElement.scrollWidth"), 390, "nothing wider than the phone")
+            self.assertTrue(root.execute_script("const m = document.getElementById('app'); return m.scrollWidth <= m.clientWidth"),
+                            "no sideways scrolling")
+            self.shot(root, "15-admin-mail-phone")
+            self.click(root, "#mail-back")
+            self.wait(root, lambda d: self.el(d, "#mail-list").is_displayed() and not self.el(d, "#mail-detail").is_displayed(), "back to the list")
+        finally:
+            root.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+        # Workflow runs: the two verification mails' runs, filtered by status and function.
+        self.wait(root, lambda d: len(self.runs(d, status="completed", function_id="verify-email")) >= 2, "both runs completed")
+        self.click(root, "#admin-tabs a[data-tab='runs']")
+        self.wait(root, lambda d: d.current_url == f"{base}/admin/runs" and d.find_elements(By.CSS_SELECTOR, "#runs-list a"), "runs listed")
+        Select(self.el(root, "#runs-status")).select_by_value("completed")
+        self.fill(root, "#runs-function_id", "verify-email")
+        self.click(root, "#runs-filter button[type=submit]")
+        self.wait(root, lambda d: "status=completed" in d.current_url and "function_id=verify-email" in d.current_url, "filters in the URL")
+        def filtered(d):
+            rows = [a.text for a in d.find_elements(By.CSS_SELECTOR, "#runs-list a")]
+            return len(rows) >= 2 and all("verify-email" in r and "completed" in r for r in rows)
+        self.wait(root, filtered, "only completed verify-email runs listed")
+        self.click(root, "#runs-list a")
+        self.wait(root, lambda d: self.el(d, "#run-detail").is_displayed() and "verify-email" in self.el(d, "#run-title").text, "run open")
+        self.wait(root, lambda d: "send" in self.el(d, "#run-steps").text and "Attempt 1" in self.el(d, "#run-attempts").text, "steps and attempts")
+        self.assertFalse(self.el(root, "#run-retry").is_displayed(), "a completed run is not retried")
+        self.assertFalse(self.el(root, "#run-cancel").is_displayed(), "nor cancelled")
+        self.assert_labelled(root, "runs")
+        self.shot(root, "16-admin-run")
+
+        # A run waiting for an event (the unread digest of a chat message Nina has not read) is
+        # cancelled and retried from the page; a refusal by the server is shown there.
+        group = self.api(root, "groups/Create", {"name": "Admins and friends"})["group"]["id"]
+        nina_id = self.state(nina)["user"]
+        self.api(root, "groups/AddMember", {"group_id": group, "member_id": nina_id})
+        chat = self.api(root, "chats/CreateChat", {"user_ids": [nina_id]})["chat"]["id"]
+        self.api(root, "chats/CreateMessage", {"chat_id": chat, "text": "Are you there?"})
+        waiting = self.wait(root, lambda d: [r["id"] for r in self.runs(d, status="waiting", function_id="unread-digest")
+                                             if (r["event"] or {}).get("user_id") == nina_id] or False, "the digest run waits")[0]
+        root.get(f"{base}/admin/runs?status=waiting")
+        self.wait(root, lambda d: d.find_elements(By.CSS_SELECTOR, f"#runs-list a[data-run-id='{waiting}']"), "the waiting run listed")
+        self.click(root, f"#runs-list a[data-run-id='{waiting}']")
+        self.wait(root, lambda d: "waiting" in self.el(d, "#run-title").text, "the waiting run open")
+        self.assertFalse(self.el(root, "#run-retry").is_displayed())
+        self.click(root, "#run-cancel")
+        self.wait(root, lambda d: "cancelled" in self.el(d, "#run-title").text and self.el(d, "#run-retry").is_displayed(), "cancelled")
+        self.assertEqual(self.run_status(root, waiting), "cancelled")
+        self.assertIn("cancelled by an administrator", self.el(root, "#run-meta").text)
+        self.click(root, "#run-retry")
+        self.wait(root, lambda d: self.el(d, "#run-cancel").is_displayed(), "queued again: it may be cancelled")
+        self.wait(root, lambda d: self.run_status(d, waiting) == "waiting", "the retried run waits again")
+        self.click(root, "#runs-refresh")
+        self.wait(root, lambda d: "waiting" in self.el(d, "#run-title").text, "refreshed")
+        self.api(root, "workflows/CancelRun", {"id": waiting})  # meanwhile, elsewhere
+        self.click(root, "#run-cancel")
+        self.wait(root, lambda d: "already finished" in self.el(d, "#run-error").text, "the server's refusal shown")
+        self.wait(root, lambda d: "cancelled" in self.el(d, "#run-title").text, "and the run as it is now")
+
+        # Leaving the admin view leaves nothing of it behind.
+        footprint = "return { globals: Object.getOwnPropertyNames(window).sort(), mfNodes: [...document.querySelectorAll('[data-mf]')].map(n => n.tagName + ':' + n.dataset.mf).sort(), head: document.head.children.length, body: document.body.children.length }"
+        self.click(root, "nav a[href='/settings']")
+        self.wait(root, lambda d: self.state(d)["microFrontend"] == "settings", "settings loaded")
+        self.visible(root, "#profile-first_name")
+        baseline = root.execute_script(footprint)
+        self.assertFalse([n for n in baseline["mfNodes"] if n.endswith(":admin")], baseline["mfNodes"])
+        self.click(root, "#admin-link")
+        self.wait(root, lambda d: self.state(d)["microFrontend"] == "admin" and d.find_elements(By.CSS_SELECTOR, "#mail-list a"), "admin again")
+        self.click(root, "nav a[href='/settings']")
+        self.wait(root, lambda d: self.state(d)["microFrontend"] == "settings", "settings again")
+        self.visible(root, "#profile-first_name")
+        self.assertEqual(root.execute_script(footprint), baseline)
+
+        for name in ("root", "nina"):
+            self.assertEqual(js_errors(self.browsers[name]), [], f"{name}: JavaScript errors")
 
     def test_two_people_chat_through_an_invite(self):
         try:

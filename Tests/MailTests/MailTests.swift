@@ -118,6 +118,15 @@ struct MailTests {
             #expect((bobs["mails"] as? [[String: Any]])?.map { $0["subject"] as? String } == ["Second"])
             let bad = try await api.post("mail/List", ["limit": 0], token: key)
             #expect(bad.status == .badRequest && bad.isErrorShape)
+            // The error names the field the caller sent (the admin view shows it there).
+            let badTo = try await api.post("mail/List", ["to": "not an address"], token: key)
+            #expect(badTo.status == .badRequest && badTo.isErrorShape && badTo.detail.hasPrefix("to: "), "\(badTo.text)")
+
+            // A user with the admin role reads it too (the web app's admin view does).
+            try await api.setAdmin(user)
+            let asAdmin = try await api.post("mail/List", ["to": "ada@example.com"], token: user.token)
+            #expect(asAdmin.status == .ok)
+            #expect((asAdmin["mails"] as? [[String: Any]])?.map { $0["subject"] as? String } == ["First"])
         }
     }
 }
