@@ -186,7 +186,7 @@ function showMailDetail(ctx, id) {
         class: 'mail-frame',
         title: `HTML part of the mail “${mail.subject}”`,
         // No allow-scripts, no allow-same-origin: the mail runs nothing and reaches nothing of
-        // the app. Popups (its links, target=_blank) may leave the sandbox so they work as pages.
+        // the app. Popups (its links, in a new tab) may leave the sandbox so they work as pages.
         sandbox: 'allow-popups allow-popups-to-escape-sandbox',
         referrerpolicy: 'no-referrer',
         srcdoc: framed(mail.html),
@@ -196,36 +196,15 @@ function showMailDetail(ctx, id) {
   $('#mail-subject').focus({ preventScroll: false });
 }
 
-/** An inert parse: DOMParser documents run no scripts and load nothing. */
-function parse(html) {
-  return new DOMParser().parseFromString(html, 'text/html');
-}
-
 /**
- * The mail's HTML for the frame. The frame inherits the app's Content-Security-Policy, which
- * refuses inline styles, scripts and other sites' images: what it would refuse is removed here
- * rather than refused there (each refusal is a console error). Links open in a new tab.
+ * The mail's HTML for the frame, as it is, but for a `<base target="_blank">` so its links open in
+ * a new tab (the sandbox allows popups, not navigating the app). It is not parsed here: any parse
+ * in the app's document (DOMParser, template) applies the app's Content-Security-Policy to the
+ * mail's inline styles and logs a violation for each. The frame inherits that policy too, so
+ * inline styles, scripts and other sites' images stay off in there.
  */
 function framed(html) {
-  const doc = parse(html);
-  for (const el of doc.querySelectorAll('script, style, link, meta, base, iframe, frame, object, embed, form')) el.remove();
-  for (const el of doc.querySelectorAll('[style]')) el.removeAttribute('style');
-  for (const el of doc.querySelectorAll('*')) {
-    for (const { name } of [...el.attributes]) if (/^on/i.test(name)) el.removeAttribute(name);
-  }
-  for (const img of doc.querySelectorAll('img')) {
-    if (!/^data:/i.test(img.getAttribute('src') ?? '')) img.removeAttribute('src');
-    img.removeAttribute('srcset');
-  }
-  for (const a of doc.querySelectorAll('a')) {
-    if (safeURL(a.getAttribute('href') ?? '')) {
-      a.setAttribute('target', '_blank');
-      a.setAttribute('rel', 'noopener noreferrer');
-    } else {
-      a.removeAttribute('href');
-    }
-  }
-  return `<!doctype html>${doc.documentElement.outerHTML}`;
+  return html.replace(/^(\s*<!doctype[^>]*>)?/i, '$1<base target="_blank">');
 }
 
 /** An absolute http(s) URL, normalised; null for anything else (javascript:, relative, ...). */
@@ -236,14 +215,31 @@ function safeURL(href) {
   } catch { return null; }
 }
 
-/** The mail's links, [url, label] once each: the HTML part's anchors, then URLs in the text. */
+const ENTITIES = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'", nbsp: '\u00a0' };
+/** HTML character references in an attribute or text, as text (never through the DOM). */
+function decode(s) {
+  return s.replace(/&(#x[0-9a-f]+|#\d+|[a-z]+);/gi, (m, ref) => {
+    if (ref[0] !== '#') return ENTITIES[ref.toLowerCase()] ?? m;
+    const code = ref[1] === 'x' || ref[1] === 'X' ? parseInt(ref.slice(2), 16) : parseInt(ref.slice(1), 10);
+    try { return String.fromCodePoint(code); } catch { return m; }
+  });
+}
+
+/**
+ * The mail's links, [url, label] once each: the HTML part's anchors (read as text: an anchor's
+ * words become its label), then URLs in the text part. Only http(s) links are offered.
+ */
 function mailLinks(mail) {
   const links = new Map();
   const add = (href, label) => {
     const url = safeURL(href);
     if (url && !links.has(url)) links.set(url, label);
   };
-  if (mail.html) for (const a of parse(mail.html).querySelectorAll('a[href]')) add(a.getAttribute('href'), a.textContent.trim());
+  const anchors = /<a\b[^>]*?\shref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))[^>]*>([\s\S]*?)<\/a\s*>/gi;
+  for (const m of (mail.html ?? '').matchAll(anchors)) {
+    const label = decode(m[4].replace(/<[^>]*>/g, '')).replace(/\s+/g, ' ').trim();
+    add(decode((m[1] ?? m[2] ?? m[3]).trim()), label);
+  }
   for (const [m] of mail.text.matchAll(/https?:\/\/[^\s<>"']+/g)) add(m.replace(/[.,;:!?)\]]+$/, ''), '');
   return [...links];
 }
