@@ -439,6 +439,8 @@ class WebAppInABrowser(unittest.TestCase):
         self.assertEqual(frame.get_attribute("sandbox"), "allow-popups allow-popups-to-escape-sandbox")
         self.assertTrue(frame.get_attribute("title"))
         self.shot(root, "14-admin-mail")
+        root.execute_script("arguments[0].scrollIntoView({block: 'center'})", frame)
+        self.shot(root, "14b-admin-mail-html")
         root.switch_to.frame(frame)
         try:
             self.wait(root, lambda d: "Confirm my address" in d.find_element(By.TAG_NAME, "body").text, "the HTML part in the frame")
