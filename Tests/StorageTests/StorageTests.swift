@@ -148,6 +148,36 @@ struct StorageTests {
             #expect(try rows.first?.string("text") == "kept")
         }
     }
+
+    /// Commits never checkpoint (that would stall a send for milliseconds); the checkpointer
+    /// beside them keeps the WAL from growing without end.
+    @Test func theWALIsCheckpointedBesideCommitsAndStopsGrowing() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ckpt-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("db.sqlite").path
+        let db = try await SQLiteDatabase.open(path: path, logger: TestDatabase.logger)
+        try await Migrator.migrate(db, [notes])
+        func walSize() throws -> Int { (try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int) ?? 0 }
+        func fill(_ prefix: String) async throws {
+            for i in 0..<200 {
+                try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "\(prefix)\(i)" + String(repeating: "x", count: 2000)) }
+            }
+        }
+        try await fill("a")
+        try await fill("b")
+        let unchecked = try walSize()
+        try await fill("c")
+        #expect(try walSize() > unchecked, "no checkpoint runs inside commits")
+        let grown = try walSize()
+        let checkpointer = Task { await db.checkpoints(every: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(300))
+        try await fill("d")
+        try await fill("e")
+        #expect(try walSize() == grown, "after a checkpoint the WAL starts over instead of growing")
+        checkpointer.cancel()
+        await checkpointer.value
+        try await db.close()
+    }
 }
 
 
