@@ -102,6 +102,9 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
 
     /// The members of the conversation's group whose username the text names with `@` (not the
     /// author); unknown names and non-members mention no one.
+    /// Names looked up per message at most: a text of a thousand `@`s costs one bounded query.
+    static let maxMentions = 50
+
     static func mentioned(
         in text: String, conversation: String, author: String, db: any Database, groups: any GroupsClient, users: any UsersClient
     ) async throws -> [String] {
@@ -111,11 +114,10 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
                 .string("group_id"),
               let group = try await groups.group(groupID)
         else { return [] }
-        var byName: [String: String] = [:]
-        for user in try await users.users(ids: group.memberIds.filter { $0 != author }).values {
-            if let name = user.username?.lowercased() { byName[name] = user.id }
-        }
-        return names.compactMap { byName[$0] }
+        // Only the named accounts are looked up, not every member's: a big group costs no more.
+        let members = Set(group.memberIds).subtracting([author])
+        let named = try await users.users(usernames: Array(names.prefix(Self.maxMentions)))
+        return names.prefix(Self.maxMentions).compactMap { named[$0].map(\.id) }.filter(members.contains)
     }
 
     public var endpoints: [Endpoint] {

@@ -118,6 +118,10 @@ struct UserStore: Sendable {
         try await users(column: "email_lower", emails.map { $0.lowercased() })
     }
 
+    func users(usernames: [String]) async throws -> [User] {
+        try await users(column: "username_lower", usernames.map { $0.lowercased() })
+    }
+
     private func users(column: String, _ values: [String]) async throws -> [User] {
         let unique = Array(Set(values))
         guard !unique.isEmpty else { return [] }
