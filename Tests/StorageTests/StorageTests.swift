@@ -7,6 +7,11 @@ import TestSupport
 
 struct Note: Codable, Sendable { var text: String }
 
+enum NoteCreated: EventKind {
+    typealias Payload = Note
+    static let name = "note.created"
+}
+
 let notes = Migration(service: "notes", version: 1, [
     "CREATE TABLE notes (id {{serial}}, text TEXT NOT NULL UNIQUE, n BIGINT, score DOUBLE PRECISION, data {{blob}})"
 ])
@@ -58,7 +63,7 @@ struct StorageTests {
             await #expect(throws: Boom.self) {
                 try await db.write { tx in
                     try await tx.query("INSERT INTO notes (text) VALUES ($1)", "half")
-                    try await EventLog.append(tx, type: "note.created", audience: "user:1", payload: Note(text: "half"))
+                    try await EventLog.append(tx, NoteCreated.event(Note(text: "half"), audience: "user:1"))
                     throw Boom()
                 }
             }
@@ -93,7 +98,7 @@ struct StorageTests {
                     group.addTask {
                         try await db.write { tx in
                             try await tx.query("INSERT INTO notes (text, n) VALUES ($1, $2)", "note \(i)", i)
-                            try await EventLog.append(tx, type: "note.created", audience: "group:g", payload: Note(text: "\(i)"))
+                            try await EventLog.append(tx, NoteCreated.event(Note(text: "\(i)"), audience: "group:g"))
                         }
                     }
                 }
