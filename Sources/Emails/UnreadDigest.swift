@@ -242,7 +242,9 @@ public enum UnreadDigest {
         let esc = InviteEmail.escape
         var text = "", html = ""
         if !chat.isEmpty {
-            let link = settings.publicURL + "/chats"
+            // One chat: straight to it; several: the list of chats.
+            let chats = Set(chat.compactMap(\.chatId))
+            let link = settings.publicURL + "/chats" + (chats.count == 1 ? "/" + chats.first! : "")
             text += "You have unread messages on \(settings.productName):\n\n"
                 + chat.map { "\(name($0.authorId)): \($0.text)" }.joined(separator: "\n")
                 + "\n\nRead them at \(link)\n"
