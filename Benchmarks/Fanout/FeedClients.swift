@@ -63,6 +63,23 @@ final class FeedClients: @unchecked Sendable {
                 Double(all.valueAtPercentile(99.9)) / 1000, Double(all.max) / 1000)
     }
 
+    /// Per message: p50 and p99 over messages of its first delivery's and of its last delivery's
+    /// latency (ms): how long until anyone had it, and until everyone had it.
+    func spread() -> (firstP50: Double, firstP99: Double, lastP50: Double, lastP99: Double) {
+        var merged: [UInt64: (first: UInt64, last: UInt64)] = [:]
+        for r in readers {
+            r.stats.withLockedValue { s in
+                for (k, v) in s.spread {
+                    let e = merged[k] ?? v
+                    merged[k] = (min(e.first, v.first), max(e.last, v.last))
+                }
+            }
+        }
+        let firsts = merged.values.map(\.first).sorted(), lasts = merged.values.map(\.last).sorted()
+        func p(_ a: [UInt64], _ q: Double) -> Double { a.isEmpty ? 0 : Double(a[Int(q * Double(a.count - 1))]) / 1000 }
+        return (p(firsts, 0.5), p(firsts, 0.99), p(lasts, 0.5), p(lasts, 0.99))
+    }
+
     /// A blocking connect and upgrade; returns the socket (then non-blocking) and any frame bytes
     /// that came with the 101 answer.
     static func open(port: Int, token: String) throws -> (Int32, [UInt8]) {
@@ -105,6 +122,8 @@ final class Reader: @unchecked Sendable {
         var histogram = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
         var delivered = 0
         var last: UInt64 = 0
+        /// Per message (by send time): its first and last delivery's latency on this thread.
+        var spread: [UInt64: (first: UInt64, last: UInt64)] = [:]
     }
     var connections: [FeedClients.Connection]
     let stats = NIOLockedValueBox(Stats())
@@ -125,8 +144,9 @@ final class Reader: @unchecked Sendable {
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
         defer { buffer.deallocate() }
-        // Latencies of one epoll round, recorded under the lock once per round.
+        // Send times, then latencies, of one epoll round, recorded under the lock once per round.
         var local: [UInt64] = []
+        var sends: [UInt64] = []
         local.reserveCapacity(4096)
         for i in connections.indices where !connections[i].pending.isEmpty {
             let leftover = connections[i].pending
@@ -143,18 +163,26 @@ final class Reader: @unchecked Sendable {
                     let now = nanos()
                     let start = local.count
                     consume(i, UnsafeRawBufferPointer(rebasing: buffer[0..<got]), into: &local)
-                    for j in start..<local.count { local[j] = (now &- local[j]) / 1000 }
+                    for j in start..<local.count {
+                        sends.append(local[j])
+                        local[j] = (now &- local[j]) / 1000
+                    }
                     if got < buffer.count { break }
                 }
             }
             if !local.isEmpty {
                 let now = nanos()
                 stats.withLockedValue { s in
-                    for v in local { _ = s.histogram.record(v) }
+                    for (k, v) in local.enumerated() {
+                        _ = s.histogram.record(v)
+                        let e = s.spread[sends[k]] ?? (v, v)
+                        s.spread[sends[k]] = (min(e.first, v), max(e.last, v))
+                    }
                     s.delivered += local.count
                     s.last = now
                 }
                 local.removeAll(keepingCapacity: true)
+                sends.removeAll(keepingCapacity: true)
             }
         }
         close(ep)

@@ -165,9 +165,12 @@ if options.idle != nil {
     let clientCPU = cpuSeconds(getpid()) - ownCPUBefore
     clients.stop()
     let (p50, p99, p999, max) = clients.percentiles()
+    let spread = clients.spread()
     let delivered = clients.delivered
     let rss = rssKiB(server.processIdentifier)
     print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(delivered)/\(expected) | \(String(format: "%.0f", Double(delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, delivered)))) µs | \(String(format: "%.1f", clientCPU * 1e6 / Double(Swift.max(1, delivered)))) µs |")
+    print(String(format: "per message: first delivery p50 %.2f p99 %.2f ms; last delivery p50 %.2f p99 %.2f ms",
+                 spread.firstP50, spread.firstP99, spread.lastP50, spread.lastP99))
 }
 server.terminate()
 server.waitUntilExit()

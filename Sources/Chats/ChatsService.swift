@@ -11,6 +11,12 @@ public struct Chat: Codable, Sendable, Equatable {
     public var lastMessageAt: Timestamp?
 }
 
+/// `chat.created`: the Chat, to `chat:<id>`.
+public enum ChatCreated: EventKind {
+    public typealias Payload = Chat
+    public static let name = "chat.created"
+}
+
 public struct CreateChatRequest: Codable, Sendable {
     public var userIds: [String]
 }
@@ -121,7 +127,7 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
             for m in members {
                 try await tx.query("INSERT INTO chat_members (chat_id, user_id) VALUES ($1, $2)", chat.id, m)
             }
-            try await EventLog.append(tx, type: "chat.created", audience: "chat:\(chat.id)", payload: chat)
+            try await EventLog.append(tx, ChatCreated.event(chat, audience: "chat:\(chat.id)"))
             return chat
         }
         var withActivity = chat

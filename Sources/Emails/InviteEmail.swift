@@ -37,10 +37,10 @@ public enum InviteEmail {
         backoff: Backoff = Backoff(base: .seconds(5), max: .seconds(600))
     ) -> WorkflowFunction {
         WorkflowFunction(
-            functionID, on: InviteCreated.self, retries: 8, backoff: backoff,
-            idempotencyKey: { $0.invite.id }, filter: { !$0.invite.email.isEmpty }
+            functionID, on: Logged<InviteCreated>.self, retries: 8, backoff: backoff,
+            idempotencyKey: { $0.payload.id }, filter: { !$0.payload.email.isEmpty }
         ) { event, step in
-            let invite = event.invite
+            let invite = event.payload
             let mail = try await step.run("render") { () -> RenderedMail in
                 guard let group = try await groups.group(invite.groupId) else {
                     throw NonRetryableError("the group \(invite.groupId) no longer exists")

@@ -138,14 +138,15 @@ public enum UnreadDigest {
 
     /// Logs one `UnreadMessage` per recipient of an `E`'s message: the other participants of a chat
     /// (when `chats`), the users a conversation message mentions.
-    static func fanOut<E: MessageEvent>(_ id: String, on type: E.Type, chats: Bool, clients: Clients) -> WorkflowFunction {
+    static func fanOut<E: EventKind>(_ id: String, on type: E.Type, chats: Bool, clients: Clients) -> WorkflowFunction
+    where E.Payload == Message {
         WorkflowFunction(
-            id, on: E.self,
+            id, on: Logged<E>.self,
             filter: { e in
-                e.message.deleted != true && (chats && e.message.chatId != nil || e.message.mentions?.isEmpty == false)
+                e.payload.deleted != true && (chats && e.payload.chatId != nil || e.payload.mentions?.isEmpty == false)
             }
         ) { event, step in
-            let m = event.message
+            let m = event.payload
             let unread: [UnreadMessage]
             if let chatID = m.chatId {
                 let recipients = try await step.run("recipients") { () -> [String] in
@@ -241,7 +242,9 @@ public enum UnreadDigest {
         let esc = InviteEmail.escape
         var text = "", html = ""
         if !chat.isEmpty {
-            let link = settings.publicURL + "/chats"
+            // One chat: straight to it; several: the list of chats.
+            let chats = Set(chat.compactMap(\.chatId))
+            let link = settings.publicURL + "/chats" + (chats.count == 1 ? "/" + chats.first! : "")
             text += "You have unread messages on \(settings.productName):\n\n"
                 + chat.map { "\(name($0.authorId)): \($0.text)" }.joined(separator: "\n")
                 + "\n\nRead them at \(link)\n"

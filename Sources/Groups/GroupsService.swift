@@ -61,9 +61,8 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
             try await tx.query(
                 "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
                 id, owner, Role.owner.rawValue, now)
-            try await EventLog.append(tx, type: "group.created", audience: "group:\(id)", payload: group)
-            try await EventLog.append(tx, type: "member.joined", audience: "group:\(id)",
-                                      payload: MemberEvent(groupId: id, userId: owner, role: .owner))
+            try await EventLog.append(tx, GroupCreated.event(group, audience: "group:\(id)"))
+            try await EventLog.append(tx, MemberJoined.event(MemberEvent(groupId: id, userId: owner, role: .owner), audience: "group:\(id)"))
         }
         return GroupResponse(group: group)
     }
@@ -90,7 +89,7 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
                 "UPDATE chat_groups SET name = COALESCE($2, name), description = COALESCE($3, description), updated_at = $4 WHERE id = $1",
                 id, name, description, Timestamp.now())
             guard let group = try await Self.group(id, in: tx) else { throw ServiceError.notFound("group not found") }
-            try await EventLog.append(tx, type: "group.updated", audience: "group:\(id)", payload: group)
+            try await EventLog.append(tx, GroupUpdated.event(group, audience: "group:\(id)"))
             return group
         }
         return GroupResponse(group: group)
@@ -102,7 +101,7 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
         try await db.write { tx in
             try await tx.query("DELETE FROM group_members WHERE group_id = $1", id)
             try await tx.query("DELETE FROM chat_groups WHERE id = $1", id)
-            try await EventLog.append(tx, type: "group.deleted", audience: "group:\(id)", payload: ["id": id])
+            try await EventLog.append(tx, GroupDeleted.event(Removed(id: id), audience: "group:\(id)"))
         }
         return Empty()
     }
@@ -146,8 +145,8 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
             let gone = try await tx.query(
                 "DELETE FROM group_members WHERE group_id = $1 AND user_id = $2 RETURNING user_id", groupID, target)
             guard !gone.isEmpty else { return }
-            try await EventLog.append(tx, type: "member.left", audience: "group:\(groupID)",
-                                      payload: MemberEvent(groupId: groupID, userId: target, role: nil))
+            try await EventLog.append(
+                tx, MemberLeft.event(MemberEvent(groupId: groupID, userId: target, role: nil), audience: "group:\(groupID)"))
         }
         return Empty()
     }
@@ -172,8 +171,8 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
             try await tx.query(
                 "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2", groupID, target, req.role.rawValue)
             guard let group = try await Self.group(groupID, in: tx) else { throw ServiceError.notFound("group not found") }
-            try await EventLog.append(tx, type: "member.role_changed", audience: "group:\(groupID)",
-                                      payload: MemberEvent(groupId: groupID, userId: target, role: req.role))
+            try await EventLog.append(
+                tx, MemberRoleChanged.event(MemberEvent(groupId: groupID, userId: target, role: req.role), audience: "group:\(groupID)"))
             return group
         }
         return GroupResponse(group: group)
@@ -218,8 +217,8 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
                 ON CONFLICT (group_id, user_id) DO NOTHING RETURNING user_id
                 """, groupID, userID, Role.member.rawValue, Timestamp.now())
             guard !added.isEmpty else { return false }
-            try await EventLog.append(tx, type: "member.joined", audience: "group:\(groupID)",
-                                      payload: MemberEvent(groupId: groupID, userId: userID, role: .member))
+            try await EventLog.append(
+                tx, MemberJoined.event(MemberEvent(groupId: groupID, userId: userID, role: .member), audience: "group:\(groupID)"))
             return true
         }
     }

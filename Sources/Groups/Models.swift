@@ -1,4 +1,5 @@
 import ServiceKit
+import Storage
 
 /// A member's standing in a group: members talk, admins manage members and invites, the one
 /// owner also deletes the group and changes roles.
@@ -82,4 +83,36 @@ public struct MemberEvent: Codable, Sendable {
     public var groupId: String
     public var userId: String
     public var role: Role?
+}
+
+// The groups service's events, all to `group:<id>`: the Group when made or changed, its id when
+// deleted, a MemberEvent when someone joins, leaves or changes role.
+public enum GroupCreated: EventKind {
+    public typealias Payload = Group
+    public static let name = "group.created"
+}
+
+public enum GroupUpdated: EventKind {
+    public typealias Payload = Group
+    public static let name = "group.updated"
+}
+
+public enum GroupDeleted: EventKind {
+    public typealias Payload = Removed
+    public static let name = "group.deleted"
+}
+
+public enum MemberJoined: EventKind {
+    public typealias Payload = MemberEvent
+    public static let name = "member.joined"
+}
+
+public enum MemberLeft: EventKind {
+    public typealias Payload = MemberEvent
+    public static let name = "member.left"
+}
+
+public enum MemberRoleChanged: EventKind {
+    public typealias Payload = MemberEvent
+    public static let name = "member.role_changed"
 }

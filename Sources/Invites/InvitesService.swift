@@ -18,15 +18,20 @@ public struct Invite: Codable, Sendable, Equatable {
 }
 
 /// `invite.created`: the invite, as stored, for the group's admins (and the invite email).
-public struct InviteCreated: DomainEvent {
+public enum InviteCreated: EventKind {
+    public typealias Payload = Invite
     public static let name = "invite.created"
-    public var invite: Invite
-    public var audience: String { "group-admins:\(invite.groupId)" }
+}
 
-    public init(invite: Invite) { self.invite = invite }
-    // The payload is the Invite itself (docs/API.md), not an object around it.
-    public init(from decoder: any Decoder) throws { invite = try Invite(from: decoder) }
-    public func encode(to encoder: any Encoder) throws { try invite.encode(to: encoder) }
+/// `invite.deleted`: its id and group, for the group's admins.
+public struct RemovedInvite: Codable, Sendable {
+    public var id: String
+    public var groupId: String
+}
+
+public enum InviteDeleted: EventKind {
+    public typealias Payload = RemovedInvite
+    public static let name = "invite.deleted"
 }
 
 public struct CreateInviteRequest: Codable, Sendable {
@@ -144,7 +149,7 @@ public struct InvitesService: ServiceDefinition {
                 """,
                 invite.id, groupID, email, email.lowercased(), invite.code, invite.inviterId, now, expires, invite.maxUses)
             // For the group's admins (and the mailer): it carries the code.
-            try await EventLog.append(tx, InviteCreated(invite: invite))
+            try await EventLog.append(tx, InviteCreated.event(invite, audience: "group-admins:\(invite.groupId)"))
         }
         return InviteResponse(invite: invite)
     }
@@ -194,7 +199,8 @@ public struct InvitesService: ServiceDefinition {
         }
         try await db.write { tx in
             try await tx.query("DELETE FROM invites WHERE id = $1", id)
-            try await EventLog.append(tx, type: "invite.deleted", audience: "group-admins:\(invite.groupId)", payload: ["id": id])
+            try await EventLog.append(
+                tx, InviteDeleted.event(RemovedInvite(id: id, groupId: invite.groupId), audience: "group-admins:\(invite.groupId)"))
         }
         return Empty()
     }

@@ -118,7 +118,7 @@ public struct MessageBoard: Sendable {
                 var message = make(id: id, container: container, author: author, text: text, sentAt: sentAt,
                                    editedAt: nil, deleted: false, replyTo: replyTo)
                 message.mentions = try await storeMentions(mentioned, of: message, container: container, in: tx)
-                try await EventLog.append(tx, MessageCreated(message, audience: audience))
+                try await EventLog.append(tx, MessageCreated.event(message, audience: audience))
                 return message
             }
         } catch StorageError.uniqueViolation {
@@ -150,7 +150,7 @@ public struct MessageBoard: Sendable {
             try await dropMentions(of: m, in: tx)
             _ = try await storeMentions(mentioned, of: m, container: container, in: tx)
             let updated = try await fetch(id, in: tx)!
-            try await EventLog.append(tx, MessageUpdated(updated, audience: audience))
+            try await EventLog.append(tx, MessageUpdated.event(updated, audience: audience))
             return updated
         }
     }
@@ -163,7 +163,7 @@ public struct MessageBoard: Sendable {
             try await dropMentions(of: m, in: tx)
             try await tx.query("DELETE FROM \(reactions) WHERE message_id = $1", id)
             let tombstone = try await fetch(id, in: tx)!
-            try await EventLog.append(tx, MessageDeleted(tombstone, audience: audience))
+            try await EventLog.append(tx, MessageDeleted.event(tombstone, audience: audience))
             return tombstone
         }
     }
@@ -187,21 +187,16 @@ public struct MessageBoard: Sendable {
             }
             let updated = try await fetch(id, in: tx)!
             if !changed.isEmpty {
-                try await EventLog.append(
-                    tx, type: add ? "reaction.added" : "reaction.removed", audience: audience,
-                    payload: ReactionEvent(messageId: id, conversationId: updated.conversationId,
-                                           chatId: updated.chatId, userId: user, emoji: emoji))
+                let reaction = ReactionChange(messageId: id, conversationId: updated.conversationId, chatId: updated.chatId,
+                                        userId: user, emoji: emoji)
+                if add {
+                    try await EventLog.append(tx, ReactionAdded.event(reaction, audience: audience))
+                } else {
+                    try await EventLog.append(tx, ReactionRemoved.event(reaction, audience: audience))
+                }
             }
             return updated
         }
-    }
-
-    struct ReactionEvent: Codable, Sendable {
-        var messageId: String
-        var conversationId: String?
-        var chatId: String?
-        var userId: String
-        var emoji: String
     }
 
     static func validEmoji(_ raw: String) throws -> String {

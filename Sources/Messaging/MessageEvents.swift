@@ -1,47 +1,39 @@
 import ServiceKit
 import Storage
 
-/// `message.created`, `message.updated` and `message.deleted`: the payload is the Message itself
-/// (docs/API.md), the tombstone when deleted. Who hears of it depends on the container (`group:<id>`
-/// for a conversation, `chat:<id>` for a chat), which the owning service decides: the event carries
-/// that audience to the log but does not encode it. A decoded event (a workflow's trigger) has the
-/// audience `system`, so re-appending one can never reach a client it was not meant for.
-public protocol MessageEvent: DomainEvent {
-    var message: Message { get }
-    init(_ message: Message, audience: String)
-}
-
-extension MessageEvent {
-    public init(from decoder: any Decoder) throws { self.init(try Message(from: decoder), audience: "system") }
-    public func encode(to encoder: any Encoder) throws { try message.encode(to: encoder) }
-}
-
-public struct MessageCreated: MessageEvent {
+// `message.created`, `message.updated` and `message.deleted`: the payload is the Message itself
+// (docs/API.md), the tombstone when deleted. Who hears of it depends on the container
+// (`group:<id>` for a conversation, `chat:<id>` for a chat), which the owning service decides.
+public enum MessageCreated: EventKind {
+    public typealias Payload = Message
     public static let name = "message.created"
-    public let message: Message
-    public let audience: String
-    public init(_ message: Message, audience: String) {
-        self.message = message
-        self.audience = audience
-    }
 }
 
-public struct MessageUpdated: MessageEvent {
+public enum MessageUpdated: EventKind {
+    public typealias Payload = Message
     public static let name = "message.updated"
-    public let message: Message
-    public let audience: String
-    public init(_ message: Message, audience: String) {
-        self.message = message
-        self.audience = audience
-    }
 }
 
-public struct MessageDeleted: MessageEvent {
+public enum MessageDeleted: EventKind {
+    public typealias Payload = Message
     public static let name = "message.deleted"
-    public let message: Message
-    public let audience: String
-    public init(_ message: Message, audience: String) {
-        self.message = message
-        self.audience = audience
-    }
+}
+
+/// `reaction.added` and `reaction.removed`.
+public struct ReactionChange: Codable, Sendable {
+    public var messageId: String
+    public var conversationId: String?
+    public var chatId: String?
+    public var userId: String
+    public var emoji: String
+}
+
+public enum ReactionAdded: EventKind {
+    public typealias Payload = ReactionChange
+    public static let name = "reaction.added"
+}
+
+public enum ReactionRemoved: EventKind {
+    public typealias Payload = ReactionChange
+    public static let name = "reaction.removed"
 }

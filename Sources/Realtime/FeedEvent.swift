@@ -1,3 +1,4 @@
+import Chats
 import Foundation
 import Groups
 import NIOCore
@@ -25,7 +26,7 @@ public struct FeedEvent: Sendable {
         frame = ByteBuffer(string: #"{"type":"event","cursor":\#(e.seq),"event":"\#(e.type)","data":\#(e.payload)}"#)
         wire = WireFrame.text(frame)
         change = MembershipChange(e)
-        if e.type == StreamMessage.eventType, let m = try? JSON.decoder().decode(StreamMessage.self, from: Data(e.payload.utf8)) {
+        if e.type == StreamMessage.name, let m = try? JSON.decoder().decode(StreamMessage.self, from: Data(e.payload.utf8)) {
             let body = (try? JSON.encode(m)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
             stream = (m.topic, ByteBuffer(string: body))
         } else {
@@ -34,12 +35,14 @@ public struct FeedEvent: Sendable {
     }
 }
 
-/// The body of a `stream.message` event and the frame `streams/Subscribe` sends.
-public struct StreamMessage: Codable, Sendable {
-    public static let eventType = "stream.message"
+/// The body of a `stream.message` event and the frame `streams/Subscribe` sends; the event goes
+/// to `topic:<topic>`.
+public struct StreamMessage: DomainEvent {
+    public static let name = "stream.message"
     public var topic: String
     public var message: String
     public var sentAt: Timestamp
+    public var audience: String { "topic:\(topic)" }
 }
 
 /// Events that change which audiences a user belongs to.
@@ -64,20 +67,18 @@ public enum MembershipChange: Sendable, Equatable {
     init?(_ e: Event) {
         let data = Data(e.payload.utf8)
         switch e.type {
-        case "member.joined", "member.left", "member.role_changed":
+        case MemberJoined.name, MemberLeft.name, MemberRoleChanged.name:
             guard let m = try? JSON.decoder().decode(MemberEvent.self, from: data) else { return nil }
             switch e.type {
-            case "member.joined": self = .joined(group: m.groupId, user: m.userId, role: m.role ?? .member)
-            case "member.left": self = .left(group: m.groupId, user: m.userId)
+            case MemberJoined.name: self = .joined(group: m.groupId, user: m.userId, role: m.role ?? .member)
+            case MemberLeft.name: self = .left(group: m.groupId, user: m.userId)
             default: self = .roleChanged(group: m.groupId, user: m.userId, role: m.role ?? .member)
             }
-        case "group.deleted":
-            struct G: Decodable { var id: String }
-            guard let g = try? JSON.decoder().decode(G.self, from: data) else { return nil }
+        case GroupDeleted.name:
+            guard let g = try? JSON.decoder().decode(Removed.self, from: data) else { return nil }
             self = .groupDeleted(group: g.id)
-        case "chat.created":
-            struct C: Decodable { var id: String; var userIds: [String] }
-            guard let c = try? JSON.decoder().decode(C.self, from: data) else { return nil }
+        case ChatCreated.name:
+            guard let c = try? JSON.decoder().decode(Chat.self, from: data) else { return nil }
             self = .chatCreated(chat: c.id, users: c.userIds)
         case "user.deleted":
             struct U: Decodable { var id: String }

@@ -85,7 +85,7 @@ public struct StreamsService: ServiceDefinition {
         try await requireTopic(topic, ctx.caller)
         let message = StreamMessage(topic: topic, message: req.message, sentAt: .now())
         try await db.write { tx in
-            try await EventLog.append(tx, type: StreamMessage.eventType, audience: "topic:\(topic)", payload: message)
+            try await EventLog.append(tx, message)
         }
         return Empty()
     }

@@ -38,3 +38,44 @@ extension EventLog {
         }
     }
 }
+
+/// The name of an event whose payload is a value the API already shows (a Group, a Message, a
+/// membership change): `Logged<GroupCreated>` is that event, and `GroupCreated.event(group,
+/// audience:)` makes one.
+public protocol EventKind: Sendable {
+    associatedtype Payload: Codable & Sendable
+    static var name: String { get }
+}
+
+extension EventKind {
+    public static func event(_ payload: Payload, audience: String) -> Logged<Self> {
+        Logged(payload, audience: audience)
+    }
+}
+
+/// An event of `Kind`: its JSON is the payload's; its audience is chosen by the service that logs
+/// it and is not encoded. Read back from the log (a workflow's trigger) it has the audience
+/// `system`, so logging it again can never reach a client it was not meant for.
+public struct Logged<Kind: EventKind>: DomainEvent {
+    public static var name: String { Kind.name }
+    public let payload: Kind.Payload
+    public let audience: String
+
+    public init(_ payload: Kind.Payload, audience: String) {
+        self.payload = payload
+        self.audience = audience
+    }
+
+    public init(from decoder: any Decoder) throws {
+        payload = try Kind.Payload(from: decoder)
+        audience = "system"
+    }
+
+    public func encode(to encoder: any Encoder) throws { try payload.encode(to: encoder) }
+}
+
+/// The payload of events that name what went away.
+public struct Removed: Codable, Sendable, Equatable {
+    public var id: String
+    public init(id: String) { self.id = id }
+}

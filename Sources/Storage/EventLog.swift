@@ -27,9 +27,10 @@ public enum EventLog {
         "CREATE INDEX events_audience ON events (audience, seq)",
     ])
 
-    /// Appends an event inside `tx` and returns its sequence number.
+    /// Appends an event inside `tx` and returns its sequence number. Services log typed events
+    /// (`append(_:_:)` with a `DomainEvent`), so the compiler checks every event's shape.
     @discardableResult
-    public static func append(
+    static func append(
         _ tx: Transaction, type: String, audience: String, payload: some Encodable
     ) async throws -> Int64 {
         try await serialize(tx)

@@ -47,6 +47,9 @@ public final class SQLiteDatabase: Database {
         if !memory {
             _ = try await writer.query("PRAGMA journal_mode = WAL", [])
             _ = try await writer.query("PRAGMA synchronous = NORMAL", [])
+            // No checkpoint inside a commit (the WAL's contents copied back and the file synced,
+            // milliseconds that a message send would wait for): `checkpoints()` does it beside.
+            _ = try await writer.query("PRAGMA wal_autocheckpoint = 0", [])
         }
         var readers: [Connection] = []
         if !memory {
@@ -113,10 +116,28 @@ public final class SQLiteDatabase: Database {
         }.value
     }
 
+    /// Copies the WAL back into the database file every `interval`, on a reader connection and
+    /// without waiting for the writer (PASSIVE), until cancelled. The database's lifecycle
+    /// service runs it every second.
+    public func checkpoints(every interval: Duration) async {
+        guard !readers.isEmpty else { return }
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if closed.withLockedValue({ $0 }) || Task.isCancelled { return }
+            let conn = await readerPool.acquire()
+            _ = try? await conn.query("PRAGMA wal_checkpoint(PASSIVE)", [])
+            readerPool.release(conn)
+        }
+    }
+
     struct Lifecycle: ServiceLifecycle.Service {
         let database: SQLiteDatabase
         func run() async throws {
-            try? await gracefulShutdown()
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await database.checkpoints(every: .seconds(1)) }
+                try? await gracefulShutdown()
+                group.cancelAll()
+            }
             try await database.close()
         }
     }

@@ -13,6 +13,28 @@ public struct Conversation: Codable, Sendable, Equatable {
     public var createdBy: String?
 }
 
+// The threads service's conversation events, to `group:<id>`: the Conversation when made or
+// changed, its id and group when deleted.
+public enum ConversationCreated: EventKind {
+    public typealias Payload = Conversation
+    public static let name = "conversation.created"
+}
+
+public enum ConversationUpdated: EventKind {
+    public typealias Payload = Conversation
+    public static let name = "conversation.updated"
+}
+
+public struct RemovedConversation: Codable, Sendable {
+    public var id: String
+    public var groupId: String
+}
+
+public enum ConversationDeleted: EventKind {
+    public typealias Payload = RemovedConversation
+    public static let name = "conversation.deleted"
+}
+
 public struct CreateConversationRequest: Codable, Sendable {
     public var groupId: String
     public var topic: String
@@ -102,6 +124,9 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
 
     /// The members of the conversation's group whose username the text names with `@` (not the
     /// author); unknown names and non-members mention no one.
+    /// Names looked up per message at most: a text of a thousand `@`s costs one bounded query.
+    static let maxMentions = 50
+
     static func mentioned(
         in text: String, conversation: String, author: String, db: any Database, groups: any GroupsClient, users: any UsersClient
     ) async throws -> [String] {
@@ -111,11 +136,10 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
                 .string("group_id"),
               let group = try await groups.group(groupID)
         else { return [] }
-        var byName: [String: String] = [:]
-        for user in try await users.users(ids: group.memberIds.filter { $0 != author }).values {
-            if let name = user.username?.lowercased() { byName[name] = user.id }
-        }
-        return names.compactMap { byName[$0] }
+        // Only the named accounts are looked up, not every member's: a big group costs no more.
+        let members = Set(group.memberIds).subtracting([author])
+        let named = try await users.users(usernames: Array(names.prefix(Self.maxMentions)))
+        return names.prefix(Self.maxMentions).compactMap { named[$0].map(\.id) }.filter(members.contains)
     }
 
     public var endpoints: [Endpoint] {
@@ -165,7 +189,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
             try await tx.query(
                 "INSERT INTO conversations (id, group_id, topic, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
                 c.id, c.groupId, c.topic, c.createdBy, c.createdAt)
-            try await EventLog.append(tx, type: "conversation.created", audience: "group:\(groupID)", payload: c)
+            try await EventLog.append(tx, ConversationCreated.event(c, audience: "group:\(groupID)"))
         }
         return ConversationResponse(conversation: c)
     }
@@ -187,7 +211,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         let updated = changed
         try await db.write { tx in
             try await tx.query("UPDATE conversations SET topic = $2, updated_at = $3 WHERE id = $1", c.id, topic, Timestamp.now())
-            try await EventLog.append(tx, type: "conversation.updated", audience: "group:\(c.groupId)", payload: updated)
+            try await EventLog.append(tx, ConversationUpdated.event(updated, audience: "group:\(c.groupId)"))
         }
         return ConversationResponse(conversation: updated)
     }
@@ -198,8 +222,8 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         try await db.write { tx in
             try await board.deleteAll(in: c.id, tx: tx)
             try await tx.query("DELETE FROM conversations WHERE id = $1", c.id)
-            try await EventLog.append(tx, type: "conversation.deleted", audience: "group:\(c.groupId)",
-                                      payload: ["id": c.id, "group_id": c.groupId])
+            try await EventLog.append(
+                tx, ConversationDeleted.event(RemovedConversation(id: c.id, groupId: c.groupId), audience: "group:\(c.groupId)"))
         }
         return Empty()
     }

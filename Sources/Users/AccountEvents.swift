@@ -1,6 +1,22 @@
 import ServiceKit
 import Storage
 
+// `user.created` and `user.updated` carry the User, `user.deleted` its id; all go to `user:<id>`.
+public enum UserCreated: EventKind {
+    public typealias Payload = User
+    public static let name = "user.created"
+}
+
+public enum UserUpdated: EventKind {
+    public typealias Payload = User
+    public static let name = "user.updated"
+}
+
+public enum UserDeleted: EventKind {
+    public typealias Payload = Removed
+    public static let name = "user.deleted"
+}
+
 /// Someone asked for a password reset of an existing account (`users/SendPasswordReset`). A
 /// workflow mails the code; the code itself is never in the log.
 public struct PasswordResetRequested: DomainEvent {

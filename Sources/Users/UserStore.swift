@@ -77,7 +77,7 @@ struct UserStore: Sendable {
                     """,
                     user.id, email, email.lowercased(), username, username?.lowercased(), firstName, lastName,
                     passwordHash, user.createdAt)
-                try await EventLog.append(tx, type: "user.created", audience: "user:\(user.id)", payload: user)
+                try await EventLog.append(tx, UserCreated.event(user, audience: "user:\(user.id)"))
                 try await EventLog.append(tx, EmailVerificationRequested(userId: user.id, email: email))
             }
         } catch StorageError.uniqueViolation(let message) {
@@ -116,6 +116,10 @@ struct UserStore: Sendable {
 
     func users(emails: [String]) async throws -> [User] {
         try await users(column: "email_lower", emails.map { $0.lowercased() })
+    }
+
+    func users(usernames: [String]) async throws -> [User] {
+        try await users(column: "username_lower", usernames.map { $0.lowercased() })
     }
 
     private func users(column: String, _ values: [String]) async throws -> [User] {
@@ -167,7 +171,7 @@ struct UserStore: Sendable {
                     try await Self.endSessions(tx, user: id, where: "id <> $2", keepSession ?? "")
                 }
                 let user = try Self.user(row)
-                try await EventLog.append(tx, type: "user.updated", audience: "user:\(id)", payload: user)
+                try await EventLog.append(tx, UserUpdated.event(user, audience: "user:\(id)"))
                 if newAddress, let email { try await EventLog.append(tx, EmailVerificationRequested(userId: id, email: email)) }
                 return user
             }
@@ -181,7 +185,7 @@ struct UserStore: Sendable {
             guard try await tx.first("SELECT id FROM users WHERE id = $1", id) != nil else { return false }
             try await tx.query("DELETE FROM sessions WHERE user_id = $1", id)
             try await tx.query("DELETE FROM users WHERE id = $1", id)
-            try await EventLog.append(tx, type: "user.deleted", audience: "user:\(id)", payload: ["id": id])
+            try await EventLog.append(tx, UserDeleted.event(Removed(id: id), audience: "user:\(id)"))
             return true
         }
     }
@@ -220,7 +224,7 @@ struct UserStore: Sendable {
             guard !rows.isEmpty, let row = try await tx.first("SELECT \(Self.columns) FROM users WHERE id = $1", id)
             else { return nil }
             let user = try Self.user(row)
-            try await EventLog.append(tx, type: "user.updated", audience: "user:\(id)", payload: user)
+            try await EventLog.append(tx, UserUpdated.event(user, audience: "user:\(id)"))
             return user
         }
     }

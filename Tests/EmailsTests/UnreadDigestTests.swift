@@ -42,7 +42,7 @@ struct UnreadDigestTests {
             let text = try #require(digest["text"] as? String)
             #expect(text.contains("Owner User: Are you coming tonight?"))
             #expect(text.contains("Owner User: We meet at 8"))
-            #expect(text.contains("https://chat.example.org/chats"))
+            #expect(text.contains("Read them at https://chat.example.org/chats/\(chat)\n"), "one chat: a link straight to it")
             #expect((digest["html"] as? String)?.contains("Bring &lt;snacks&gt; &amp; drinks") == true)
             try await Task.sleep(for: .seconds(2))
             #expect(try await mails(to: f.member).count == 1, "a burst gives one mail")

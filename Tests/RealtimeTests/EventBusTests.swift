@@ -9,6 +9,10 @@ import TestSupport
 @Suite("realtime: the event bus's bounded window")
 struct EventBusTests {
     struct Note: Codable, Sendable { var n: Int }
+    enum NoteLogged: EventKind {
+        typealias Payload = Note
+        static let name = "note"
+    }
 
     /// A live reader further behind than the ring is told so (the socket then closes with 4000,
     /// "resume from your cursor"); a replaying reader reads the log instead; memory stays bounded.
@@ -18,7 +22,7 @@ struct EventBusTests {
             let bus = EventBus(db: db, capacity: 5, logger: TestDatabase.logger)
             try await bus.prepare()
             for i in 0..<20 {
-                try await db.write { tx in try await EventLog.append(tx, type: "note", audience: "user:u", payload: Note(n: i)) }
+                try await db.write { tx in try await EventLog.append(tx, NoteLogged.event(Note(n: i), audience: "user:u")) }
             }
             try await bus.catchUp()
             let head = bus.head
@@ -50,10 +54,10 @@ struct EventBusTests {
             try await fresh.prepare()
             struct Boom: Error {}
             try? await db.write { tx in
-                try await EventLog.append(tx, type: "note", audience: "user:u", payload: Note(n: -1))
+                try await EventLog.append(tx, NoteLogged.event(Note(n: -1), audience: "user:u"))
                 throw Boom()
             }
-            try await db.write { tx in try await EventLog.append(tx, type: "note", audience: "user:u", payload: Note(n: 20)) }
+            try await db.write { tx in try await EventLog.append(tx, NoteLogged.event(Note(n: 20), audience: "user:u")) }
             try await fresh.catchUp()
             guard case .events(let afterGap) = try await fresh.read(after: head, limit: 100, allowDatabase: false) else {
                 Issue.record("a gap in the sequence is not falling behind")

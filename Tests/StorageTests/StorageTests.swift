@@ -7,6 +7,11 @@ import TestSupport
 
 struct Note: Codable, Sendable { var text: String }
 
+enum NoteCreated: EventKind {
+    typealias Payload = Note
+    static let name = "note.created"
+}
+
 let notes = Migration(service: "notes", version: 1, [
     "CREATE TABLE notes (id {{serial}}, text TEXT NOT NULL UNIQUE, n BIGINT, score DOUBLE PRECISION, data {{blob}})"
 ])
@@ -58,7 +63,7 @@ struct StorageTests {
             await #expect(throws: Boom.self) {
                 try await db.write { tx in
                     try await tx.query("INSERT INTO notes (text) VALUES ($1)", "half")
-                    try await EventLog.append(tx, type: "note.created", audience: "user:1", payload: Note(text: "half"))
+                    try await EventLog.append(tx, NoteCreated.event(Note(text: "half"), audience: "user:1"))
                     throw Boom()
                 }
             }
@@ -93,7 +98,7 @@ struct StorageTests {
                     group.addTask {
                         try await db.write { tx in
                             try await tx.query("INSERT INTO notes (text, n) VALUES ($1, $2)", "note \(i)", i)
-                            try await EventLog.append(tx, type: "note.created", audience: "group:g", payload: Note(text: "\(i)"))
+                            try await EventLog.append(tx, NoteCreated.event(Note(text: "\(i)"), audience: "group:g"))
                         }
                     }
                 }
@@ -147,6 +152,36 @@ struct StorageTests {
             let rows = try await db.read { try await $0.query("SELECT text FROM notes") }
             #expect(try rows.first?.string("text") == "kept")
         }
+    }
+
+    /// Commits never checkpoint (that would stall a send for milliseconds); the checkpointer
+    /// beside them keeps the WAL from growing without end.
+    @Test func theWALIsCheckpointedBesideCommitsAndStopsGrowing() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ckpt-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("db.sqlite").path
+        let db = try await SQLiteDatabase.open(path: path, logger: TestDatabase.logger)
+        try await Migrator.migrate(db, [notes])
+        func walSize() throws -> Int { (try FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int) ?? 0 }
+        func fill(_ prefix: String) async throws {
+            for i in 0..<200 {
+                try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "\(prefix)\(i)" + String(repeating: "x", count: 2000)) }
+            }
+        }
+        try await fill("a")
+        try await fill("b")
+        let unchecked = try walSize()
+        try await fill("c")
+        #expect(try walSize() > unchecked, "no checkpoint runs inside commits")
+        let grown = try walSize()
+        let checkpointer = Task { await db.checkpoints(every: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(300))
+        try await fill("d")
+        try await fill("e")
+        #expect(try walSize() == grown, "after a checkpoint the WAL starts over instead of growing")
+        checkpointer.cancel()
+        await checkpointer.value
+        try await db.close()
     }
 }
 
