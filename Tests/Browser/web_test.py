@@ -6,7 +6,9 @@ Two people in two separate browsers sign up, one creates a group and an invite l
 joins through it; messages appear live on the other side, unread badges count and clear, a reload
 keeps the conversation, a dropped connection (the server restarts while one browser cannot get
 back in) resumes with no lost and no doubled message, and switching micro-frontends leaves no
-stray globals or nodes. Screenshots of the main screens go to artifacts/browser/.
+stray globals or nodes. An admin reads the development mailbox and the workflow runs (cancel,
+retry) in the admin view; a non-admin gets its "not allowed" page. Screenshots of the main screens
+go to artifacts/browser/.
 
 Run by scripts/test; alone: VERTEILT_BIN=.build/debug/verteilt python3 Tests/Browser/web_test.py
 """
@@ -51,7 +53,8 @@ def free_port():
 class Server:
     """A real `verteilt serve` process; restartable on the same port and database."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, *extra_args):
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.database = os.path.join(workdir, "web-test.sqlite")
         self.log_path = os.path.join(workdir, "server.log")
@@ -65,7 +68,7 @@ class Server:
         with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
                 [BIN, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--database", self.database,
-                 "--bcrypt-cost", "4", "--log-level", "info", "--public-url", self.url],
+                 "--bcrypt-cost", "4", "--log-level", "info", "--public-url", self.url, *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(self.database))
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -537,6 +540,32 @@ class WebAppInABrowser(unittest.TestCase):
 
         for name in ("root", "nina"):
             self.assertEqual(js_errors(self.browsers[name]), [], f"{name}: JavaScript errors")
+
+    def test_admin_mailbox_says_when_mail_goes_to_smtp(self):
+        # A second server whose mails go to an SMTP server (nothing listens: they are only queued).
+        workdir = os.path.join(self.workdir, "smtp")
+        os.makedirs(workdir, exist_ok=True)
+        server = Server(workdir, "--smtp-url", f"smtp://127.0.0.1:{free_port()}?security=none")
+        server.start()
+        try:
+            driver = self.browser("smtp-admin")
+            email = f"smtp-admin-{time.time_ns()}@example.com"
+            driver.get(f"{server.url}/account/signup")
+            self.sign_up(driver, "Sam", email)
+            self.wait(driver, lambda d: d.current_url.endswith("/groups"), "signed up")
+            subprocess.run([BIN, "admin", "grant", email, "--database", server.database],
+                           check=True, capture_output=True, text=True, cwd=workdir)
+            driver.get(f"{server.url}/admin/mail")
+            self.wait(driver, lambda d: "SMTP server" in self.el(d, "#mail-info").text
+                      and "empty" in self.el(d, "#mail-info").text, "the mailbox says mails go to SMTP")
+            self.assertEqual(driver.find_elements(By.CSS_SELECTOR, "#mail-list li"), [])
+            self.assertEqual(js_errors(driver), [], "JavaScript errors")
+        except BaseException:
+            traceback.print_exc()
+            print("--- smtp server log ---\n" + server.log_tail(), file=sys.stderr)
+            raise
+        finally:
+            server.stop()
 
     def test_two_people_chat_through_an_invite(self):
         try:
