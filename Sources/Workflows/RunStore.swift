@@ -145,11 +145,13 @@ struct RunStore: Sendable {
                         """
                         INSERT INTO workflow_runs (id, function_id, event_type, event_payload, event_seq, idempotency_key,
                             concurrency_key, concurrency_limit, cancel_event, cancel_match, status, run_at, created_at)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $11)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12)
                         ON CONFLICT (function_id, idempotency_key) DO NOTHING RETURNING id
                         """,
                         UUID().uuidString.lowercased(), f.id, type, payload, seq, a.idempotencyKey,
-                        a.concurrencyKey, a.concurrencyLimit, f.cancelEvent, cancelMatch, now)
+                        a.concurrencyKey, a.concurrencyLimit, f.cancelEvent, cancelMatch, now,
+                        // Whole milliseconds, as the API writes them: a page cursor read back is exact.
+                        Timestamp(microseconds: now.microseconds / 1000 * 1000))
                     if !inserted.isEmpty { runnable = true }
                 }
                 for w in try await tx.query(
@@ -456,8 +458,11 @@ struct RunStore: Sendable {
                 WHERE id = $1 AND status IN ('failed', 'cancelled') RETURNING id
                 """, run, now)
             guard !rows.isEmpty else { return false }
-            // Finished steps stay memoised; failed ones get a fresh budget.
+            // Finished steps stay memoised; failed ones get a fresh budget. A wait that the
+            // cancellation ended starts again (its registration went with the cancellation), and
+            // finds events logged meanwhile.
             try await tx.query("UPDATE workflow_steps SET failures = 0 WHERE run_id = $1 AND status = 'failed'", run)
+            try await tx.query("DELETE FROM workflow_steps WHERE run_id = $1 AND status = 'waiting'", run)
             return true
         }
     }

@@ -80,8 +80,10 @@ public struct WorkflowAttempt: Codable, Sendable {
 public struct ListRunsRequest: Codable, Sendable {
     public var status: String?
     public var functionId: String?
-    /// Runs created before this time (the previous page's last `created_at`).
+    /// The next page: runs after the previous page's last one, given by its `created_at` and `id`
+    /// (runs made in the same millisecond are told apart by id).
     public var createdBefore: Timestamp?
+    public var beforeId: String?
     public var limit: Int?
 }
 
@@ -152,7 +154,12 @@ public struct WorkflowsService: ServiceDefinition {
         }
         if let before = req.createdBefore {
             binds.append(before)
-            conditions.append("created_at < $\(binds.count)")
+            if let id = req.beforeId, !id.isEmpty {
+                binds.append(try Validate.id(id, field: "before_id"))
+                conditions.append("(created_at < $\(binds.count - 1) OR (created_at = $\(binds.count - 1) AND id > $\(binds.count)))")
+            } else {
+                conditions.append("created_at < $\(binds.count)")
+            }
         }
         binds.append(limit)
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")

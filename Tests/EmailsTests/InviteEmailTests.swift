@@ -105,6 +105,40 @@ struct InviteEmailTests {
     }
 
     @Test(arguments: Backend.all)
+    func listRunsPagesThroughRunsOfTheSameMillisecondOnce(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: { config in
+            config.workers.enabled = true
+            config.workers.engine.pollInterval = .milliseconds(100)
+        }) { api in
+            let owner = try await api.signUp("Ada")
+            let group = try await api.createGroup(owner)
+            // Invites made back to back: the dispatcher starts their runs in one transaction,
+            // with one creation time.
+            for i in 0..<12 { _ = try await api.invite("guest\(i)@example.com", to: group, by: owner) }
+            let key = try await api.serviceKey()
+            var all: [String] = []
+            try await eventually("twelve runs") {
+                let r = try await api.post("workflows/ListRuns", ["function_id": "invite-email", "limit": 500], token: key)
+                all = ((r["runs"] as? [[String: Any]]) ?? []).compactMap { $0["id"] as? String }
+                return all.count == 12
+            }
+            var paged: [String] = []
+            var body: [String: Any] = ["function_id": "invite-email", "limit": 5]
+            while true {
+                let page = (try await api.post("workflows/ListRuns", body, token: key)["runs"] as? [[String: Any]]) ?? []
+                if page.isEmpty { break }
+                paged += page.compactMap { $0["id"] as? String }
+                body["created_before"] = page.last?["created_at"]
+                body["before_id"] = page.last?["id"]
+                try #require(paged.count <= 12, "pages repeat runs")
+            }
+            #expect(paged == all, "every run once, in the same order as one big page")
+            let bad = try await api.post("workflows/ListRuns", ["created_before": "2026-01-01T00:00:00.000Z", "before_id": 5], token: key)
+            #expect(bad.status == .badRequest && bad.isErrorShape)
+        }
+    }
+
+    @Test(arguments: Backend.all)
     func administratorsInspectRetryAndCancelRuns(_ backend: Backend) async throws {
         let sink = try await SMTPSink.start()
         sink.setRejecting(true)

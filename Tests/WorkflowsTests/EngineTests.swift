@@ -3,7 +3,7 @@ import ServiceKit
 import Storage
 import Testing
 import TestSupport
-import Workflows
+@testable import Workflows
 
 struct Boom: Error, CustomStringConvertible {
     let description: String
@@ -135,6 +135,26 @@ struct EngineTests {
             try await eventually("both completed") {
                 try await runs(db, function: "waiter").map(\.status) == ["completed", "completed"]
             }
+        }
+    }
+
+    @Test(arguments: Backend.all)
+    func aCancelledWaitingRunRetriedWaitsAgain(_ backend: Backend) async throws {
+        let probe = Probe()
+        let f = WorkflowFunction("retried-waiter", on: Ping.self) { ping, step in
+            let pong = try await step.waitForEvent("pong", Pong.self, match: ["user": ping.user], timeout: .seconds(600))
+            probe.note(pong?.note ?? "timed out")
+        }
+        try await withEngines(backend, [f]) { db, _ in
+            try await send(db, Ping(id: "p", user: "ada"))
+            try await eventually("waiting") { try await runs(db, function: "retried-waiter").first?.status == "waiting" }
+            let run = try #require(try await runs(db, function: "retried-waiter").first)
+            let store = RunStore(db: db)
+            #expect(try await store.cancel(run: run.id, now: .now()))
+            try await send(db, Pong(user: "ada", note: "while cancelled"))
+            #expect(try await store.retry(run: run.id, now: .now()))
+            try await eventually("the retried run got the event") { probe.log == ["while cancelled"] }
+            try await eventually("completed") { try await runs(db, function: "retried-waiter").first?.status == "completed" }
         }
     }
 

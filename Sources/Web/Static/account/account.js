@@ -56,7 +56,9 @@ async function verify(ctx) {
   try {
     await ctx.api.call('users/VerifyEmail', { email: ctx.query.get('email') ?? '', code: ctx.query.get('code') ?? '' });
     message.textContent = `Thank you: ${ctx.query.get('email')} is confirmed.`;
-    if (ctx.user) ctx.setSession({ ...ctx.user, email_verified: true });
+    // Someone else's link (an admin following it from the mailbox) says nothing about this account.
+    const mine = ctx.user && ctx.user.email?.toLowerCase() === (ctx.query.get('email') ?? '').toLowerCase();
+    if (mine) ctx.setSession({ ...ctx.user, email_verified: true });
   } catch (err) {
     message.textContent = err.code === 429
       ? 'Too many attempts. Wait a minute, then open the link again.'

@@ -284,7 +284,11 @@ async function loadRuns(ctx, filters, older) {
   const body = { limit: PAGE };
   if (filters.status) body.status = filters.status;
   if (filters.function_id) body.function_id = filters.function_id;
-  if (older && state.runs.list.length) body.created_before = state.runs.list.at(-1).created_at;
+  if (older && state.runs.list.length) {
+    const last = state.runs.list.at(-1);
+    body.created_before = last.created_at;
+    body.before_id = last.id;
+  }
   try {
     const { runs } = await call(ctx, 'workflows/ListRuns', body);
     if (!state || seq !== state.runs.seq) return;
