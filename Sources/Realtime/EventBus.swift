@@ -18,7 +18,6 @@ public final class EventBus: Service, Sendable {
         /// a rolled-back transaction leaves a gap in a PostgreSQL sequence.
         var ringBase: Int64 = 0
         var head: Int64 = 0
-        var prepared = false
         /// `streams/Subscribe` sockets: told that new events are in the window, they pull.
         var listeners: [UUID: AsyncStream<Void>.Continuation] = [:]
         /// Caught-up feeds, by event loop: the bus pushes to them.
@@ -58,6 +57,8 @@ public final class EventBus: Service, Sendable {
     let heartbeat: Duration
     public let nodeID = UUID().uuidString.lowercased()
     private let state = NIOLockedValueBox(State())
+    /// `prepare()` has read the head; `run()` waits for it.
+    private let readiness = Readiness()
     private let wakeStream: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     static let ephemeralChannel = "verteilt_ephemeral"
@@ -81,8 +82,8 @@ public final class EventBus: Service, Sendable {
         state.withLockedValue {
             $0.head = head
             $0.ringBase = head
-            $0.prepared = true
         }
+        readiness.markReady()
     }
 
     public var head: Int64 { state.withLockedValue { $0.head } }
@@ -91,11 +92,7 @@ public final class EventBus: Service, Sendable {
     }
 
     public func run() async throws {
-        // `prepare()` runs once the schema exists (before the server starts); wait for it.
-        while !state.withLockedValue({ $0.prepared }) {
-            if Task.isCancelled || Task.isShuttingDownGracefully { return }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
+        guard await readiness.wait() else { return }
         let db = self.db
         await withTaskGroup(of: Void.self) { group in
             // A missed notification delays delivery by at most the poll interval; it never loses it.

@@ -36,11 +36,11 @@ public final class WorkflowEngine: Service, Sendable {
     private let wakeStream: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private struct State {
-        var prepared = false
         var busy = 0
         var timer: Task<Void, Never>?
     }
     private let state = NIOLockedValueBox(State())
+    private let readiness = Readiness()
 
     public init(db: any Database, functions: [WorkflowFunction], clock: any WorkflowClock = SystemClock(),
                 configuration: Configuration = Configuration(), logger: Logger) {
@@ -63,7 +63,7 @@ public final class WorkflowEngine: Service, Sendable {
     /// Call once the schema exists (migrations ran); `run()` waits for it.
     public func prepare() async throws {
         try await store.releaseOrphans()
-        state.withLockedValue { $0.prepared = true }
+        readiness.markReady()
     }
 
     /// Appends a typed event to the log in its own transaction (functions it triggers run soon).
@@ -77,10 +77,7 @@ public final class WorkflowEngine: Service, Sendable {
     }
 
     public func run() async throws {
-        while !state.withLockedValue({ $0.prepared }) {
-            if Task.isCancelled || Task.isShuttingDownGracefully { return }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
+        guard await readiness.wait() else { return }
         let db = self.db
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await EventLog.watch(db, poll: self.configuration.pollInterval) { self.wake() } }
