@@ -204,11 +204,9 @@ public struct UsersService: ServiceDefinition {
         }
         var newHash: String? = nil
         if let password = req.password { newHash = try await hasher.hash(password) }
-        var keepSession: String? = nil
-        if case .user(_, let sid, _) = ctx.caller { keepSession = sid }
         let user = try await store.update(
             id: id, firstName: first, lastName: last, email: email, username: username,
-            passwordHash: newHash, keepSession: keepSession)
+            passwordHash: newHash, keepSession: ctx.caller.sessionID)
         return UserResponse(user: user)
     }
 
