@@ -144,14 +144,22 @@ final class Reader: @unchecked Sendable {
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
         defer { buffer.deallocate() }
-        // Send times, then latencies, of one epoll round, recorded under the lock once per round.
-        var local: [UInt64] = []
+        // Send times and latencies of one epoll round, recorded under the lock once per round.
         var sends: [UInt64] = []
-        local.reserveCapacity(4096)
+        var latencies: [UInt64] = []
+        sends.reserveCapacity(4096)
+        latencies.reserveCapacity(4096)
+        func ingest(_ i: Int, _ bytes: UnsafeRawBufferPointer) {
+            let now = nanos()
+            let start = sends.count
+            consume(i, bytes, into: &sends)
+            for sent in sends[start...] { latencies.append((now &- sent) / 1000) }
+        }
+        // Frames that came with the upgrade's answer.
         for i in connections.indices where !connections[i].pending.isEmpty {
             let leftover = connections[i].pending
             connections[i].pending = []
-            leftover.withUnsafeBytes { consume(i, $0, into: &local) }
+            leftover.withUnsafeBytes { ingest(i, $0) }
         }
         while !stopping() {
             let n = epoll_wait(ep, &events, Int32(events.count), 100)
@@ -160,28 +168,22 @@ final class Reader: @unchecked Sendable {
                 while true {
                     let got = read(connections[i].fd, buffer.baseAddress, buffer.count)
                     if got <= 0 { break }
-                    let now = nanos()
-                    let start = local.count
-                    consume(i, UnsafeRawBufferPointer(rebasing: buffer[0..<got]), into: &local)
-                    for j in start..<local.count {
-                        sends.append(local[j])
-                        local[j] = (now &- local[j]) / 1000
-                    }
+                    ingest(i, UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
                     if got < buffer.count { break }
                 }
             }
-            if !local.isEmpty {
+            if !latencies.isEmpty {
                 let now = nanos()
                 stats.withLockedValue { s in
-                    for (k, v) in local.enumerated() {
+                    for (k, v) in latencies.enumerated() {
                         _ = s.histogram.record(v)
                         let e = s.spread[sends[k]] ?? (v, v)
                         s.spread[sends[k]] = (min(e.first, v), max(e.last, v))
                     }
-                    s.delivered += local.count
+                    s.delivered += latencies.count
                     s.last = now
                 }
-                local.removeAll(keepingCapacity: true)
+                latencies.removeAll(keepingCapacity: true)
                 sends.removeAll(keepingCapacity: true)
             }
         }
