@@ -65,7 +65,7 @@ final class FeedClients: @unchecked Sendable {
 
     /// Per message: p50 and p99 over messages of its first delivery's and of its last delivery's
     /// latency (ms): how long until anyone had it, and until everyone had it.
-    func spread() -> (firstP50: Double, firstP99: Double, lastP50: Double, lastP99: Double) {
+    func spread(trace: String? = nil) -> (firstP50: Double, firstP99: Double, lastP50: Double, lastP99: Double) {
         var merged: [UInt64: (first: UInt64, last: UInt64)] = [:]
         for r in readers {
             r.stats.withLockedValue { s in
@@ -74,6 +74,10 @@ final class FeedClients: @unchecked Sendable {
                     merged[k] = (min(e.first, v.first), max(e.last, v.last))
                 }
             }
+        }
+        if let trace {
+            let lines = merged.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.first) \($0.value.last)\n" }
+            FileManager.default.createFile(atPath: trace, contents: Data(lines.joined().utf8))
         }
         let firsts = merged.values.map(\.first).sorted(), lasts = merged.values.map(\.last).sorted()
         func p(_ a: [UInt64], _ q: Double) -> Double { a.isEmpty ? 0 : Double(a[Int(q * Double(a.count - 1))]) / 1000 }

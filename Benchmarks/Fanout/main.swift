@@ -30,6 +30,8 @@ struct Options {
     var idle: Int?
     var port = 18282
     var database = NSTemporaryDirectory() + "fanout-\(UUID().uuidString).sqlite"
+    /// A file to write each message's send time (ns) and first and last delivery (µs) to.
+    var trace: String?
 
     init() {
         var args = CommandLine.arguments.dropFirst().makeIterator()
@@ -42,6 +44,7 @@ struct Options {
             case "--idle": idle = Int(args.next()!)!
             case "--port": port = Int(args.next()!)!
             case "--database": database = args.next()!
+            case "--trace": trace = args.next()!
             default: fatalError("unknown option \(a)")
             }
         }
@@ -165,7 +168,7 @@ if options.idle != nil {
     let clientCPU = cpuSeconds(getpid()) - ownCPUBefore
     clients.stop()
     let (p50, p99, p999, max) = clients.percentiles()
-    let spread = clients.spread()
+    let spread = clients.spread(trace: options.trace)
     let delivered = clients.delivered
     let rss = rssKiB(server.processIdentifier)
     print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(delivered)/\(expected) | \(String(format: "%.0f", Double(delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, delivered)))) µs | \(String(format: "%.1f", clientCPU * 1e6 / Double(Swift.max(1, delivered)))) µs |")

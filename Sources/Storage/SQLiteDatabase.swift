@@ -2,12 +2,11 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
-import SQLiteNIO
 import ServiceLifecycle
 
 /// The embedded database: one SQLite file in WAL mode, one writer connection (SQLite allows one
-/// writer at a time) and a few reader connections that read concurrently with it.
+/// writer at a time) and a few reader connections that read concurrently with it. A transaction
+/// or a read runs whole on its connection's thread, so its statements cost no thread hand-offs.
 public final class SQLiteDatabase: Database {
     public let dialect: SQLDialect = .sqlite
     public let commits = CommitSignal()
@@ -15,13 +14,12 @@ public final class SQLiteDatabase: Database {
     private let readers: [Connection]
     private let writeLock = AsyncSemaphore(permits: 1)
     private let readerPool: ReaderPool
-    private let threadPool: NIOThreadPool
     private let closed = NIOLockedValueBox(false)
+    typealias Connection = SQLiteConnection
 
-    private init(writer: Connection, readers: [Connection], threadPool: NIOThreadPool) {
+    private init(writer: Connection, readers: [Connection]) {
         self.writer = writer
         self.readers = readers
-        self.threadPool = threadPool
         self.readerPool = ReaderPool(readers)
     }
 
@@ -31,19 +29,12 @@ public final class SQLiteDatabase: Database {
             let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }
-        // SQLite calls block: they get threads of their own so they never starve other pools.
-        let pool = NIOThreadPool(numberOfThreads: memory ? 1 : readerCount + 1)
-        pool.start()
-        let storage: SQLiteConnection.Storage = memory ? .memory : .file(path: path)
-        let eventLoop = MultiThreadedEventLoopGroup.singleton.any()
-        func connect() async throws -> Connection {
-            let c = try await SQLiteConnection.open(storage: storage, threadPool: pool, logger: logger, on: eventLoop)
-            let conn = Connection(c)
-            _ = try await conn.query("PRAGMA busy_timeout = 10000", [])
+        func connect(_ name: String) async throws -> Connection {
+            let conn = try await Connection.open(path: path, name: name)
             _ = try await conn.query("PRAGMA foreign_keys = ON", [])
             return conn
         }
-        let writer = try await connect()
+        let writer = try await connect("SQLite writer")
         if !memory {
             _ = try await writer.query("PRAGMA journal_mode = WAL", [])
             _ = try await writer.query("PRAGMA synchronous = NORMAL", [])
@@ -53,19 +44,26 @@ public final class SQLiteDatabase: Database {
         }
         var readers: [Connection] = []
         if !memory {
-            for _ in 0..<readerCount { readers.append(try await connect()) }
+            for i in 0..<readerCount { readers.append(try await connect("SQLite reader \(i)")) }
         }
-        return SQLiteDatabase(writer: writer, readers: readers, threadPool: pool)
+        return SQLiteDatabase(writer: writer, readers: readers)
     }
 
     public func read<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T {
         guard !closed.withLockedValue({ $0 }) else { throw StorageError.closed }
         if readers.isEmpty {
-            return try await writeLock.withPermit { try await body(writer) }
+            return try await writeLock.withPermit { try await Self.run(body, on: writer) }
         }
         let conn = await readerPool.acquire()
         defer { readerPool.release(conn) }
-        return try await body(conn)
+        return try await Self.run(body, on: conn)
+    }
+
+    /// Runs `body` on `conn`'s thread: its statements then run without leaving it.
+    private static func run<T: Sendable>(
+        _ body: @Sendable (Connection) async throws -> T, on conn: Connection
+    ) async throws -> T {
+        try await withTaskExecutorPreference(conn.thread) { try await body(conn) }
     }
 
     public func write<T: Sendable>(_ body: @Sendable (Transaction) async throws -> T) async throws -> T {
@@ -74,17 +72,20 @@ public final class SQLiteDatabase: Database {
         guard !closed.withLockedValue({ $0 }) else { throw StorageError.closed }
         return try await writeLock.withPermit {
             try Task.checkCancellation()
-            _ = try await writer.query("BEGIN IMMEDIATE", [])
-            do {
-                let tx = Transaction(writer)
-                let result = try await body(tx)
-                _ = try await writer.query("COMMIT", [])
-                if tx.state.hasEvents { commits.signal() }
-                return result
-            } catch {
-                _ = try? await writer.query("ROLLBACK", [])
-                throw error
-            }
+            let (result, hasEvents) = try await Self.run({ writer in
+                _ = try await writer.query("BEGIN IMMEDIATE", [])
+                do {
+                    let tx = Transaction(writer)
+                    let result = try await body(tx)
+                    _ = try await writer.query("COMMIT", [])
+                    return (result, tx.state.hasEvents)
+                } catch {
+                    _ = try? await writer.query("ROLLBACK", [])
+                    throw error
+                }
+            }, on: writer)
+            if hasEvents { commits.signal() }
+            return result
         }
     }
 
@@ -108,11 +109,10 @@ public final class SQLiteDatabase: Database {
         try await Task {
             // Wait for the writer so no transaction is cut in half.
             await writeLock.wait()
-            for r in readers { try? await r.connection.close() }
+            for r in readers { await r.close() }
             try? await writer.query("PRAGMA wal_checkpoint(TRUNCATE)", [])
-            try await writer.connection.close()
+            await writer.close()
             writeLock.signal()
-            try await threadPool.shutdownGracefully()
         }.value
     }
 
@@ -139,62 +139,6 @@ public final class SQLiteDatabase: Database {
                 group.cancelAll()
             }
             try await database.close()
-        }
-    }
-
-    /// One SQLite connection speaking our placeholder style.
-    final class Connection: SQLExecutor {
-        let connection: SQLiteConnection
-        var dialect: SQLDialect { .sqlite }
-        init(_ connection: SQLiteConnection) { self.connection = connection }
-
-        func query(_ sql: String, _ binds: [any SQLBindable]) async throws -> [Row] {
-            let rows = NIOLockedValueBox<[Row]>([])
-            do {
-                try await connection.query(Self.rewrite(sql), binds.map { Self.data($0.sqlValue) }) { row in
-                    var values: [String: SQLValue] = [:]
-                    for column in row.columns { values[column.name] = Self.value(column.data) }
-                    rows.withLockedValue { $0.append(Row(values)) }
-                }
-            } catch let error as SQLiteError {
-                if error.message.contains("UNIQUE constraint failed") {
-                    throw StorageError.uniqueViolation(error.message)
-                }
-                throw error
-            }
-            return rows.withLockedValue { $0 }
-        }
-
-        /// `$1` -> `?1`: the same positional parameters, in SQLite's spelling.
-        static func rewrite(_ sql: String) -> String {
-            var out = ""
-            out.reserveCapacity(sql.utf8.count)
-            var inString = false
-            for ch in sql {
-                if ch == "'" { inString.toggle() }
-                out.append(!inString && ch == "$" ? "?" : ch)
-            }
-            return out
-        }
-
-        static func data(_ v: SQLValue) -> SQLiteData {
-            switch v {
-            case .null: return .null
-            case .int(let i): return .integer(Int(i))
-            case .double(let d): return .float(d)
-            case .text(let s): return .text(s)
-            case .blob(let b): return .blob(ByteBuffer(bytes: b))
-            }
-        }
-
-        static func value(_ d: SQLiteData) -> SQLValue {
-            switch d {
-            case .null: return .null
-            case .integer(let i): return .int(Int64(i))
-            case .float(let f): return .double(f)
-            case .text(let s): return .text(s)
-            case .blob(var b): return .blob(b.readBytes(length: b.readableBytes) ?? [])
-            }
         }
     }
 
