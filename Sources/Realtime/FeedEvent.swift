@@ -5,8 +5,10 @@ import NIOCore
 import ServiceKit
 import Storage
 
-/// A committed event ready to send: its frame encoded once for everyone who may see it.
-public struct FeedEvent: Sendable {
+/// A committed event ready to send: its frame encoded once for everyone who may see it. A class:
+/// the push loop handles each event once per connection, and one reference is cheaper to pass
+/// around than the six a struct of these fields holds.
+public final class FeedEvent: Sendable {
     public let seq: Int64
     public let type: String
     public let audience: String

@@ -28,6 +28,7 @@ struct FeedSocket: Sendable {
     let threads: any ThreadsClient
     let presence: Presence
     let limits: RealtimeLimits
+    let descriptors = SocketDescriptors()
 
     func serve(user: String, session: String?, since: Int64?, channel: any Channel, inbound: WebSocketInboundStream,
                outbound: WebSocketOutboundWriter, logger: Logger) async {
@@ -49,7 +50,7 @@ struct FeedSocket: Sendable {
         // client sends during the replay wait in the socket until it is done. The bus holds the
         // connection from the start, so heartbeats and ephemeral frames cover the replay too.
         let closeTimeout = TimeAmount(limits.closeTimeout)
-        let wire = FeedWire(eventLoop: channel.eventLoop)
+        let wire = FeedWire(eventLoop: channel.eventLoop, descriptors: descriptors)
         let feed = LiveFeed(user: user, session: session, wire: wire, audiences: audiences, closeTimeout: closeTimeout)
         let bus = self.bus
         do {

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOWebSocket
 
@@ -29,10 +30,12 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
     var onWritable: (@Sendable () -> Void)?
     /// When the client last sent anything (a pong counts).
     private var lastRead = NIODeadline.now()
-    /// A duplicate of the channel's socket for direct sends, -1 when there is none. A duplicate,
-    /// not the channel's own descriptor: when the channel closes its descriptor, the number may
-    /// be reused by the next connection at once, while the duplicate still names this socket
-    /// until `release()` closes it, which the channel's close reaches in the same event-loop turn.
+    /// The channel's socket for direct sends, -1 when there is none. The channel owns it; the
+    /// number is used only on the event loop, and forgotten in `channelInactive` (or when the
+    /// wire leaves the pipeline): SwiftNIO closes a socket only on its event loop and tells the
+    /// pipeline in the same turn, so no send can reach a number the system has since handed to
+    /// another connection. (A duplicate descriptor would not need that argument, but costs each
+    /// idle connection about 0.7 KiB of the server's memory.)
     private var socket: Int32 = -1
     /// Writes handed to the channel that have not completed: while there are any, frames queue
     /// behind them in the channel instead of overtaking them.
@@ -42,7 +45,13 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
     /// Whether the client has sent nothing at all for `silence`.
     func hasBeenSilent(for silence: TimeAmount) -> Bool { NIODeadline.now() - lastRead >= silence }
 
-    init(eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+    /// Without `descriptors`, every byte goes through the channel.
+    private let descriptors: SocketDescriptors?
+
+    init(eventLoop: any EventLoop, descriptors: SocketDescriptors? = nil) {
+        self.eventLoop = eventLoop
+        self.descriptors = descriptors
+    }
 
     /// Puts the wire right below the WebSocket encoder: every frame, ours or the WebSocket
     /// handler's, passes it on its way to the socket.
@@ -58,9 +67,7 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         isWritable = context.channel.isWritable
-        if let fd = SocketDescriptor.of(context.channel) {
-            socket = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-        }
+        socket = context.channel.isActive ? descriptors?.of(context.channel) ?? -1 : -1
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -74,10 +81,7 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
         context.fireChannelInactive()
     }
 
-    private func release() {
-        if socket >= 0 { closeDescriptor(socket) }
-        socket = -1
-    }
+    private func release() { socket = -1 }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastRead = .now()
@@ -144,26 +148,61 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
     }
 }
 
-private func closeDescriptor(_ fd: Int32) { _ = close(fd) }
+/// NIO socket channels' file descriptors. SwiftNIO offers no public way to them; the descriptor
+/// is read by reflection from the channel's `socket` (a `BaseSocket` holding `descriptor`). Where
+/// the two fields sit is found once per class and remembered, so a connection costs two field
+/// reads, not a walk over every field of the channel (whose temporary copies, made while the
+/// connection's long-lived objects are allocated, cost idle connections memory). Nil when the
+/// channel is no such socket channel or SwiftNIO's layout has changed: the feed then uses the
+/// channel's own write path, and `FeedWireTests` fail.
+final class SocketDescriptors: Sendable {
+    /// A stored property's place: how many superclasses up, and its index there.
+    struct Place: Sendable {
+        var depth: Int
+        var index: Int
+    }
+    private let places = NIOLockedValueBox<[ObjectIdentifier: Place?]>([:])
 
-/// A NIO socket channel's file descriptor. SwiftNIO offers no public way to it; it is read by
-/// reflection from the channel's `socket` (a `BaseSocket` holding `descriptor`). Nil when the
-/// channel is not such a socket channel or SwiftNIO's layout has changed: callers then use the
-/// channel's own write path, and the realtime tests notice (`FeedWireTests`).
-enum SocketDescriptor {
-    static func of(_ channel: any Channel) -> Int32? {
+    init() {}
+
+    func of(_ channel: any Channel) -> Int32? {
         guard let socket = field("socket", of: channel), let fd = field("descriptor", of: socket) as? Int32, fd >= 0 else {
             return nil
         }
         return fd
     }
 
-    /// A stored property by name, searched up the class hierarchy.
-    private static func field(_ name: String, of value: Any) -> Any? {
+    private func field(_ name: String, of value: Any) -> Any? {
+        let key = ObjectIdentifier(type(of: value))
+        let known = places.withLockedValue { $0[key] }
+        let place: Place?
+        if let known {
+            place = known
+        } else {
+            place = Self.find(name, in: value)
+            places.withLockedValue { $0[key] = .some(place) }
+        }
+        guard let place else { return nil }
+        var mirror = Mirror(reflecting: value)
+        for _ in 0..<place.depth {
+            guard let up = mirror.superclassMirror else { return nil }
+            mirror = up
+        }
+        let children = mirror.children
+        guard place.index < children.count else { return nil }
+        let child = children[children.index(children.startIndex, offsetBy: place.index)]
+        return child.label == name ? child.value : nil
+    }
+
+    private static func find(_ name: String, in value: Any) -> Place? {
         var mirror: Mirror? = Mirror(reflecting: value)
+        var depth = 0
         while let m = mirror {
-            if let v = m.children.first(where: { $0.label == name })?.value { return v }
+            if let index = m.children.firstIndex(where: { $0.label == name }) {
+                return Place(depth: depth, index: m.children.distance(from: m.children.startIndex, to: index))
+            }
             mirror = m.superclassMirror
+            depth += 1
         }
         return nil
     }

@@ -111,16 +111,24 @@ final class LiveFeed: @unchecked Sendable {
                     return end(code: FeedCloseCode.resume, reason: "resume from your cursor")
                 }
             }
-            for e in events {
-                guard wire.isWritable else { return }
-                if e.change?.ends(user: user, session: session) == true { return end(code: FeedCloseCode.signedOut, reason: "signed out") }
-                if audiences.withLockedValue({ $0.admit(e) }) {
-                    wire.write(e.wire)
-                    wrote = true
+            // One lock for the whole run of events, not one per event.
+            let signedOut = audiences.withLockedValue { a -> Bool? in
+                for e in events {
+                    guard wire.isWritable else { return nil }
+                    if e.change?.ends(user: user, session: session) == true { return true }
+                    if a.admit(e) {
+                        wire.write(e.wire)
+                        wrote = true
+                    }
+                    cursor = e.seq
                 }
-                cursor = e.seq
+                return false
             }
-            if !more { return }
+            switch signedOut {
+            case true?: return end(code: FeedCloseCode.signedOut, reason: "signed out")
+            case nil: return
+            case false?: if !more { return }
+            }
         }
     }
 

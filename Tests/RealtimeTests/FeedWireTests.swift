@@ -14,7 +14,8 @@ struct FeedWireTests {
         let group = MultiThreadedEventLoopGroup.singleton
         let server = try await ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).get()
         let client = try await ClientBootstrap(group: group).connect(to: server.localAddress!).get()
-        let fd = try #require(SocketDescriptor.of(client))
+        let descriptors = SocketDescriptors()
+        let fd = try #require(descriptors.of(client))
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let named = withUnsafeMutablePointer(to: &address) {
@@ -22,7 +23,9 @@ struct FeedWireTests {
         }
         #expect(named == 0)
         #expect(Int(UInt16(bigEndian: address.sin_port)) == client.localAddress?.port)
-        #expect(SocketDescriptor.of(server) != nil)
+        #expect(descriptors.of(server) != nil)
+        // Again, from the remembered places.
+        #expect(descriptors.of(client) == fd)
         try await client.close()
         try await server.close()
     }
@@ -37,7 +40,7 @@ struct FeedWireTests {
             .childChannelOption(ChannelOptions.socketOption(.so_sndbuf), value: 4096)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let wire = FeedWire(eventLoop: channel.eventLoop)
+                    let wire = FeedWire(eventLoop: channel.eventLoop, descriptors: SocketDescriptors())
                     try wire.install(in: channel)
                     wireReady.succeed(wire)
                 }
