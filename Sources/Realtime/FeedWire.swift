@@ -31,11 +31,12 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
     /// When the client last sent anything (a pong counts).
     private var lastRead = NIODeadline.now()
     /// The channel's socket for direct sends, -1 when there is none. The channel owns it; the
-    /// number is used only on the event loop, and forgotten in `channelInactive` (or when the
-    /// wire leaves the pipeline): SwiftNIO closes a socket only on its event loop and tells the
-    /// pipeline in the same turn, so no send can reach a number the system has since handed to
-    /// another connection. (A duplicate descriptor would not need that argument, but costs each
-    /// idle connection about 0.7 KiB of the server's memory.)
+    /// number is used only on the event loop and forgotten as soon as a write through the
+    /// channel fails or the channel goes inactive: SwiftNIO closes a socket only on its event
+    /// loop, and within that turn fails the writes it still held before it tells the pipeline,
+    /// so a number the system may hand to another connection is never sent to. (A duplicated
+    /// descriptor would not need that argument, but costs each idle connection about 0.7 KiB of
+    /// the server's memory.)
     private var socket: Int32 = -1
     /// Writes handed to the channel that have not completed: while there are any, frames queue
     /// behind them in the channel instead of overtaking them.
@@ -123,17 +124,24 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
         context.write(NIOAny(bytes), promise: promise)
     }
 
+    /// Counts the write until it completes, on this event loop. A failed write means the
+    /// connection is closing or broken: no more direct sends.
     private func track(_ promise: EventLoopPromise<Void>) {
         queued += 1
-        promise.futureResult.whenComplete { _ in self.queued -= 1 }
+        promise.futureResult.whenComplete { result in
+            self.queued -= 1
+            if case .failure = result { self.release() }
+        }
     }
 
     /// Writes from the handlers above (the WebSocket handler's pongs and close frames, the
     /// connection task's replay) pass through counted, so direct sends wait for them.
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let promise = promise ?? context.eventLoop.makePromise()
-        track(promise)
-        context.write(data, promise: promise)
+        // Our own promise, on this loop, so the count is only touched here.
+        let ours = context.eventLoop.makePromise(of: Void.self)
+        track(ours)
+        if let promise { ours.futureResult.cascade(to: promise) }
+        context.write(data, promise: ours)
     }
 
     func close(after delay: TimeAmount) {

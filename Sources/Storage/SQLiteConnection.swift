@@ -14,7 +14,10 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
 
     struct Statement {
         let handle: OpaquePointer
-        let columns: [String]
+        var columns: [String]
+        /// How often SQLite had re-prepared it when `columns` was read (a schema change may
+        /// change a statement's columns under it).
+        var reprepared: Int32
     }
 
     /// Statements kept per connection; past it the cache starts over (SQL built with a varying
@@ -64,13 +67,18 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
 
     private func execute(_ sql: String, _ binds: [SQLValue]) throws -> [Row] {
         guard let handle else { throw StorageError.closed }
-        let statement = try prepared(sql, on: handle)
+        var statement = try prepared(sql, on: handle)
         let stmt = statement.handle
-        // Not sqlite3_clear_bindings: every parameter is bound anew each time, and clearing
-        // expires (re-prepares) any statement whose plan looked at a bound value.
+        // Not sqlite3_clear_bindings: it makes SQLite re-prepare, on every execution, each
+        // statement whose plan looked at a bound value. Every parameter is bound here instead,
+        // those without a value to NULL, so nothing of the previous call is left.
         defer { sqlite_nio_sqlite3_reset(stmt) }
-        for (i, value) in binds.enumerated() {
-            let rc = Self.bind(value, at: Int32(i + 1), to: stmt)
+        let parameters = Int(sqlite_nio_sqlite3_bind_parameter_count(stmt))
+        guard binds.count <= parameters else {
+            throw SQLiteError(code: SQLITE_RANGE, message: "\(binds.count) values for \(parameters) parameters")
+        }
+        for i in 0..<parameters {
+            let rc = Self.bind(i < binds.count ? binds[i] : .null, at: Int32(i + 1), to: stmt)
             guard rc == SQLITE_OK else { throw error(rc, handle) }
         }
         var rows: [Row] = []
@@ -78,6 +86,14 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
             let rc = sqlite_nio_sqlite3_step(stmt)
             if rc == SQLITE_DONE { return rows }
             guard rc == SQLITE_ROW else { throw error(rc, handle) }
+            if rows.isEmpty {
+                let reprepared = sqlite_nio_sqlite3_stmt_status(stmt, SQLITE_STMTSTATUS_REPREPARE, 0)
+                if reprepared != statement.reprepared {
+                    statement.columns = Self.columns(of: stmt)
+                    statement.reprepared = reprepared
+                    statements[sql] = statement
+                }
+            }
             var values: [String: SQLValue] = [:]
             values.reserveCapacity(statement.columns.count)
             for (i, name) in statement.columns.enumerated() {
@@ -96,12 +112,15 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
         var stmt: OpaquePointer?
         let rc = sqlite_nio_sqlite3_prepare_v3(handle, Self.rewrite(sql), -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
         guard rc == SQLITE_OK, let stmt else { throw error(rc, handle) }
-        let columns = (0..<sqlite_nio_sqlite3_column_count(stmt)).map { i in
-            sqlite_nio_sqlite3_column_name(stmt, i).map { String(cString: $0) } ?? ""
-        }
-        let statement = Statement(handle: stmt, columns: columns)
+        let statement = Statement(handle: stmt, columns: Self.columns(of: stmt), reprepared: 0)
         statements[sql] = statement
         return statement
+    }
+
+    private static func columns(of stmt: OpaquePointer) -> [String] {
+        (0..<sqlite_nio_sqlite3_column_count(stmt)).map { i in
+            sqlite_nio_sqlite3_column_name(stmt, i).map { String(cString: $0) } ?? ""
+        }
     }
 
     private func error(_ rc: Int32, _ handle: OpaquePointer) -> any Error {
@@ -137,9 +156,10 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
                 sqlite_nio_sqlite3_bind_text64(stmt, i, p, UInt64(v.utf8.count), transient, UInt8(SQLITE_UTF8))
             }
         case .blob(let v):
+            // A zero-length blob is a blob, not NULL.
+            if v.isEmpty { return sqlite_nio_sqlite3_bind_zeroblob(stmt, i, 0) }
             return v.withUnsafeBytes { p in
-                // A zero-length blob is a blob, not NULL: give SQLite a pointer even then.
-                sqlite_nio_sqlite3_bind_blob64(stmt, i, p.baseAddress ?? UnsafeRawPointer(bitPattern: 1), UInt64(p.count), transient)
+                sqlite_nio_sqlite3_bind_blob64(stmt, i, p.baseAddress, UInt64(p.count), transient)
             }
         }
     }

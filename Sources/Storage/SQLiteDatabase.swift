@@ -29,24 +29,32 @@ public final class SQLiteDatabase: Database {
             let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         }
+        // Connections opened before a failure are closed again: each holds a thread and a file.
+        var opened: [Connection] = []
         func connect(_ name: String) async throws -> Connection {
             let conn = try await Connection.open(path: path, name: name)
+            opened.append(conn)
             _ = try await conn.query("PRAGMA foreign_keys = ON", [])
             return conn
         }
-        let writer = try await connect("SQLite writer")
-        if !memory {
-            _ = try await writer.query("PRAGMA journal_mode = WAL", [])
-            _ = try await writer.query("PRAGMA synchronous = NORMAL", [])
-            // No checkpoint inside a commit (the WAL's contents copied back and the file synced,
-            // milliseconds that a message send would wait for): `checkpoints()` does it beside.
-            _ = try await writer.query("PRAGMA wal_autocheckpoint = 0", [])
+        do {
+            let writer = try await connect("SQLite writer")
+            if !memory {
+                _ = try await writer.query("PRAGMA journal_mode = WAL", [])
+                _ = try await writer.query("PRAGMA synchronous = NORMAL", [])
+                // No checkpoint inside a commit (the WAL's contents copied back and the file synced,
+                // milliseconds that a message send would wait for): `checkpoints()` does it beside.
+                _ = try await writer.query("PRAGMA wal_autocheckpoint = 0", [])
+            }
+            var readers: [Connection] = []
+            if !memory {
+                for i in 0..<readerCount { readers.append(try await connect("SQLite reader \(i)")) }
+            }
+            return SQLiteDatabase(writer: writer, readers: readers)
+        } catch {
+            for c in opened { await c.close() }
+            throw error
         }
-        var readers: [Connection] = []
-        if !memory {
-            for i in 0..<readerCount { readers.append(try await connect("SQLite reader \(i)")) }
-        }
-        return SQLiteDatabase(writer: writer, readers: readers)
     }
 
     public func read<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T {

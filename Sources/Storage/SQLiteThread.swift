@@ -22,7 +22,8 @@ final class SQLiteThread: TaskExecutor, @unchecked Sendable {
     private var thread: pthread_t?
 
     init(name: String) {
-        let t = Thread { [unowned(unsafe) self] in self.main() }
+        // The thread keeps its executor alive until `stop()` ends it.
+        let t = Thread { self.main() }
         t.name = name
         t.start()
         started.lock(whenValue: 1)

@@ -154,6 +154,36 @@ struct StorageTests {
         }
     }
 
+    /// Statements are prepared once and kept: what a call binds must not outlive it, values
+    /// come back as stored, and a kept statement follows a schema change.
+    @Test func keptStatementsBindAndReadExactly() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("stmt-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let db = try await SQLiteDatabase.open(path: dir.appendingPathComponent("db.sqlite").path, logger: TestDatabase.logger)
+        try await db.write { tx in
+            try await tx.query("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b BLOB)")
+            let insert = "INSERT INTO t (id, a, b) VALUES ($1, $2, $3)"
+            try await tx.query(insert, 1, "first", SQLValue.blob([1, 2]))
+            // Fewer values than parameters: the rest is NULL, not what the last call bound.
+            try await tx.query(insert, 2)
+            try await tx.query(insert, 3, "", SQLValue.blob([]))
+            try await tx.query(insert, 4, "nul\u{0}inside", SQLValue.null)
+        }
+        let rows = try await db.read { try await $0.query("SELECT * FROM t ORDER BY id") }
+        #expect(rows.map { $0.values["a"] } == [.text("first"), .null, .text(""), .text("nul\u{0}inside")])
+        #expect(rows.map { $0.values["b"] } == [.blob([1, 2]), .null, .blob([]), .null])
+        await #expect(throws: SQLiteError.self) {
+            try await db.read { try await $0.query("SELECT a FROM t WHERE id = $1", 1, 2) }
+        }
+        // The kept `SELECT *` sees a column added after it was prepared.
+        try await db.write { try await $0.query("ALTER TABLE t ADD COLUMN c INTEGER DEFAULT 7") }
+        for _ in 0..<2 {  // the reader that ran it before (the pool hands out the last one back)
+            let again = try await db.read { try await $0.query("SELECT * FROM t ORDER BY id") }
+            #expect(again.first?.values["c"] == .int(7))
+        }
+        try await db.close()
+    }
+
     /// Commits never checkpoint (that would stall a send for milliseconds); the checkpointer
     /// beside them keeps the WAL from growing without end.
     @Test func theWALIsCheckpointedBesideCommitsAndStopsGrowing() async throws {
