@@ -21,11 +21,28 @@ public final class CommitSignal: Sendable {
     public func signal() {
         for c in listeners.withLockedValue({ Array($0.values) }) { c.yield() }
     }
+
+    private let observers = NIOLockedValueBox<[@Sendable ([Event]) -> Void]>([])
+
+    /// Hands `observer` the events of each commit in this process, in commit order, on the
+    /// committing thread, before the commit's waiters resume: the event bus takes new events
+    /// from here instead of reading them back from the log. Only databases whose commits here
+    /// are the whole log in order call it (SQLite); a reader must still treat the log as the
+    /// source of truth and fall back to it on any gap.
+    public func observe(_ observer: @escaping @Sendable ([Event]) -> Void) {
+        observers.withLockedValue { $0.append(observer) }
+    }
+
+    func committed(_ events: [Event]) {
+        guard !events.isEmpty else { return }
+        for o in observers.withLockedValue({ $0 }) { o(events) }
+    }
 }
 
 /// What a transaction did that matters after it commits.
 final class TransactionState: Sendable {
     private let appended = NIOLockedValueBox(false)
+    private let logged = NIOLockedValueBox<[Event]>([])
 
     /// Marks that the transaction appended an event; true the first time.
     func markAppended() -> Bool {
@@ -36,4 +53,8 @@ final class TransactionState: Sendable {
     }
 
     var hasEvents: Bool { appended.withLockedValue { $0 } }
+
+    /// The events the transaction appended, in order.
+    func record(_ event: Event) { logged.withLockedValue { $0.append(event) } }
+    var events: [Event] { logged.withLockedValue { $0 } }
 }

@@ -39,11 +39,14 @@ public enum EventLog {
             try await tx.query("SELECT pg_notify('\(notifyChannel)', '')")
         }
         let json = String(decoding: try JSON.encode(payload), as: UTF8.self)
+        let now = Timestamp.now()
         let row = try await tx.first(
             "INSERT INTO events (type, audience, payload, created_at) VALUES ($1, $2, $3, $4) RETURNING seq",
-            type, audience, json, Timestamp.now())
+            type, audience, json, now)
         guard let row else { throw StorageError.missingColumn("seq") }
-        return try row.int("seq")
+        let seq = try row.int("seq")
+        tx.state.record(Event(seq: seq, type: type, audience: audience, payload: json, createdAt: now))
+        return seq
     }
 
     /// Makes `tx` the only appender until it ends. A sequence hands out numbers at insert, not at

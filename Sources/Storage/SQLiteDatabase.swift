@@ -80,12 +80,15 @@ public final class SQLiteDatabase: Database {
         guard !closed.withLockedValue({ $0 }) else { throw StorageError.closed }
         return try await writeLock.withPermit {
             try Task.checkCancellation()
+            let commits = self.commits
             let (result, hasEvents) = try await Self.run({ writer in
                 _ = try await writer.query("BEGIN IMMEDIATE", [])
                 do {
                     let tx = Transaction(writer)
                     let result = try await body(tx)
                     _ = try await writer.query("COMMIT", [])
+                    // Still on the writer's thread and holding the write lock: in commit order.
+                    commits.committed(tx.state.events)
                     return (result, tx.state.hasEvents)
                 } catch {
                     _ = try? await writer.query("ROLLBACK", [])

@@ -1,7 +1,7 @@
 import Foundation
 import NIOCore
 import ServiceKit
-import Storage
+@testable import Storage
 import Testing
 import TestSupport
 @testable import Realtime
@@ -69,5 +69,30 @@ struct EventBusTests {
             #expect(frame == #"{"type":"event","cursor":\#(head),"event":"note","data":{"n":19}}"#)
         }
     }
-}
 
+    /// On SQLite the bus takes committed events from the commit itself, without reading them
+    /// back from the log; an event that does not follow its head is left to the log.
+    @Test func committedEventsArriveWithoutReadingTheLog() async throws {
+        try await TestDatabase.with(.sqlite) { db in
+            let bus = EventBus(db: db, logger: TestDatabase.logger)
+            try await bus.prepare()
+            let start = bus.head
+            try await db.write { tx in
+                try await EventLog.append(tx, NoteLogged.event(Note(n: 1), audience: "user:u"))
+                try await EventLog.append(tx, NoteLogged.event(Note(n: 2), audience: "user:u"))
+            }
+            #expect(bus.head == start + 2, "taken at the commit: nothing has read the log")
+            guard case .events(let taken) = try await bus.read(after: start, limit: 10, allowDatabase: false) else {
+                Issue.record("the committed events are in the window")
+                return
+            }
+            #expect(taken.map { String(buffer: $0.frame) } == [
+                #"{"type":"event","cursor":\#(start + 1),"event":"note","data":{"n":1}}"#,
+                #"{"type":"event","cursor":\#(start + 2),"event":"note","data":{"n":2}}"#,
+            ])
+            let stray = Event(seq: start + 5, type: "note", audience: "user:u", payload: #"{"n":5}"#, createdAt: .now())
+            bus.ingest([stray])
+            #expect(bus.head == start + 2, "an event out of line is not taken")
+        }
+    }
+}
