@@ -39,22 +39,11 @@ public final class CommitSignal: Sendable {
     }
 }
 
-/// What a transaction did that matters after it commits.
+/// What a transaction did that matters after it commits: the events it appended, in order.
 final class TransactionState: Sendable {
-    private let appended = NIOLockedValueBox(false)
     private let logged = NIOLockedValueBox<[Event]>([])
 
-    /// Marks that the transaction appended an event; true the first time.
-    func markAppended() -> Bool {
-        appended.withLockedValue { a in
-            defer { a = true }
-            return !a
-        }
-    }
-
-    var hasEvents: Bool { appended.withLockedValue { $0 } }
-
-    /// The events the transaction appended, in order.
     func record(_ event: Event) { logged.withLockedValue { $0.append(event) } }
     var events: [Event] { logged.withLockedValue { $0 } }
+    var hasEvents: Bool { logged.withLockedValue { !$0.isEmpty } }
 }

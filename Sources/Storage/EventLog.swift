@@ -34,8 +34,9 @@ public enum EventLog {
         _ tx: Transaction, type: String, audience: String, payload: some Encodable
     ) async throws -> Int64 {
         try await serialize(tx)
-        if tx.state.markAppended(), tx.dialect == .postgres {
-            // Delivered at commit to every node listening, this one included.
+        if !tx.state.hasEvents, tx.dialect == .postgres {
+            // Once per transaction, with its first event; delivered at commit to every node
+            // listening, this one included.
             try await tx.query("SELECT pg_notify('\(notifyChannel)', '')")
         }
         let json = String(decoding: try JSON.encode(payload), as: UTF8.self)
