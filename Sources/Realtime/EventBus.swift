@@ -97,7 +97,9 @@ public final class EventBus: Service, Sendable {
         let db = self.db
         await withTaskGroup(of: Void.self) { group in
             // A missed notification delays delivery by at most the poll interval; it never loses it.
-            group.addTask { await EventLog.watch(db, poll: self.pollInterval) { self.wake() } }
+            // Where commits hand their events over (`ingest`), reading them back would find nothing.
+            let ownCommits = !db.commits.handsOverEvents
+            group.addTask { await EventLog.watch(db, poll: self.pollInterval, ownCommits: ownCommits) { self.wake() } }
             group.addTask { try? await db.listen(Self.ephemeralChannel) { self.receiveRemote($0) } }
             group.addTask {
                 // One timer for every live connection, not a task per socket.

@@ -6,7 +6,11 @@ import NIOConcurrencyHelpers
 public final class CommitSignal: Sendable {
     private let listeners = NIOLockedValueBox<[UUID: AsyncStream<Void>.Continuation]>([:])
 
-    public init() {}
+    /// Whether this database hands each commit's events to `observe`rs (SQLite). Then a reader
+    /// that observes need not be woken to read its own process's commits back from the log.
+    public let handsOverEvents: Bool
+
+    public init(handsOverEvents: Bool = false) { self.handsOverEvents = handsOverEvents }
 
     public func stream() -> AsyncStream<Void> {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -27,7 +31,7 @@ public final class CommitSignal: Sendable {
     /// Hands `observer` the events of each commit in this process, in commit order, on the
     /// committing thread, before the commit's waiters resume: the event bus takes new events
     /// from here instead of reading them back from the log. Only databases whose commits here
-    /// are the whole log in order call it (SQLite); a reader must still treat the log as the
+    /// are the whole log in order do (`handsOverEvents`); a reader must still treat the log as the
     /// source of truth and fall back to it on any gap.
     public func observe(_ observer: @escaping @Sendable ([Event]) -> Void) {
         observers.withLockedValue { $0.append(observer) }

@@ -22,12 +22,15 @@ extension EventLog {
         try await append(tx, type: E.name, audience: event.audience, payload: event)
     }
 
-    /// Calls `wake` when events commit in this process, when another node announces a commit
-    /// (PostgreSQL NOTIFY), and every `poll` in case a notification was lost. Returns when the
-    /// calling task is cancelled. The event bus and the workflow engine both tail the log this way.
-    public static func watch(_ db: any Database, poll: Duration, _ wake: @escaping @Sendable () -> Void) async {
+    /// Calls `wake` when events commit in this process (unless `ownCommits` is false: the caller
+    /// observes them itself), when another node announces a commit (PostgreSQL NOTIFY), and
+    /// every `poll` in case a notification was lost. Returns when the calling task is cancelled.
+    /// The event bus and the workflow engine both tail the log this way.
+    public static func watch(
+        _ db: any Database, poll: Duration, ownCommits: Bool = true, _ wake: @escaping @Sendable () -> Void
+    ) async {
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { for await _ in db.commits.stream() { wake() } }
+            if ownCommits { group.addTask { for await _ in db.commits.stream() { wake() } } }
             group.addTask { try? await db.listen(notifyChannel) { _ in wake() } }
             group.addTask {
                 while !Task.isCancelled {

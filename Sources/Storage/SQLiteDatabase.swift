@@ -9,7 +9,7 @@ import ServiceLifecycle
 /// or a read runs whole on its connection's thread, so its statements cost no thread hand-offs.
 public final class SQLiteDatabase: Database {
     public let dialect: SQLDialect = .sqlite
-    public let commits = CommitSignal()
+    public let commits = CommitSignal(handsOverEvents: true)
     private let writer: Connection
     private let readers: [Connection]
     private let writeLock = AsyncSemaphore(permits: 1)
