@@ -1,7 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOWebSocket
-
 import Glibc
 
 /// Sits next to the socket in a feed's pipeline, right below the WebSocket encoder, and carries
@@ -118,28 +117,27 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
 
     /// Hands `bytes` to the channel, counted until the write completes.
     private func enqueue(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        track(promise)
         needsFlush = true
-        context.write(NIOAny(bytes), promise: promise)
+        context.write(NIOAny(bytes), promise: counted(context))
     }
 
-    /// Counts the write until it completes, on this event loop. A failed write means the
+    /// A promise for one write handed to the channel, on this event loop (so the count is only
+    /// touched here), that counts the write until it completes. A failed write means the
     /// connection is closing or broken: no more direct sends.
-    private func track(_ promise: EventLoopPromise<Void>) {
+    private func counted(_ context: ChannelHandlerContext) -> EventLoopPromise<Void> {
+        let promise = context.eventLoop.makePromise(of: Void.self)
         queued += 1
         promise.futureResult.whenComplete { result in
             self.queued -= 1
             if case .failure = result { self.release() }
         }
+        return promise
     }
 
     /// Writes from the handlers above (the WebSocket handler's pongs and close frames, the
     /// connection task's replay) pass through counted, so direct sends wait for them.
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        // Our own promise, on this loop, so the count is only touched here.
-        let ours = context.eventLoop.makePromise(of: Void.self)
-        track(ours)
+        let ours = counted(context)
         if let promise { ours.futureResult.cascade(to: promise) }
         context.write(data, promise: ours)
     }
