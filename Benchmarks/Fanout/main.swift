@@ -136,27 +136,12 @@ if options.idle != nil {
 } else {
     // The senders: a fixed overall rate through the HTTP API, each message carrying its send time.
     let total = Int(options.rate * options.seconds)
-    let start = ContinuousClock.now
     let startNanos = nanos()
     let cpuBefore = cpuSeconds(server.processIdentifier)
     let ownCPUBefore = cpuSeconds(getpid())
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        for s in 0..<options.senders {
-            group.addTask {
-                let client = TestClient(host: "127.0.0.1", port: options.port, configuration: .init(timeout: .seconds(30)))
-                client.connect()
-                defer { Task { try? await client.shutdown() } }
-                for i in stride(from: s, to: total, by: options.senders) {
-                    try await Task.sleep(until: start.advanced(by: .seconds(Double(i) / options.rate)), clock: .continuous)
-                    let body = try JSONSerialization.data(withJSONObject: ["conversation_id": conversationID, "text": "t=\(nanos())"])
-                    _ = try await client.execute(.init("/v1/threads/CreateMessage", method: .post,
-                        headers: [.authorization: "Bearer \(users[s % users.count])", .contentType: "application/json"],
-                        body: ByteBuffer(bytes: body)))
-                }
-            }
-        }
-        try await group.waitForAll()
-    }
+    // Sender s posts as user s (of the first few), as the TestClient senders did.
+    try Senders(port: options.port).run(total: total, rate: options.rate, conversationID: conversationID,
+                                        tokens: (0..<options.senders).map { users[$0 % users.count] })
     let sendSeconds = Double(nanos() - startNanos) / 1e9
     let sendDone = ContinuousClock.now
     let expected = total * count

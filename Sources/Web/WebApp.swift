@@ -71,7 +71,7 @@ public struct WebApp: Sendable {
             hasher.update(data: Data(key.utf8))
             hasher.update(data: raw[key]!)
         }
-        let version = hasher.finalize().prefix(6).map { String(format: "%02x", $0) }.joined()
+        let version = Secrets.hex(hasher.finalize().prefix(6))
         self.version = version
         self.files = raw.reduce(into: [:]) { $0[$1.key] = Self.asset($1.value, type: Self.contentType(of: $1.key)) }
         let page = String(decoding: index, as: UTF8.self).replacingOccurrences(of: "{{VERSION}}", with: version)
@@ -115,7 +115,7 @@ public struct WebApp: Sendable {
                 gzipped = out
             }
         }
-        let tag = SHA256.hash(data: data).prefix(8).map { String(format: "%02x", $0) }.joined()
+        let tag = Secrets.hex(SHA256.hash(data: data).prefix(8))
         return Asset(contentType: type, body: body, gzipped: gzipped, etag: tag)
     }
 

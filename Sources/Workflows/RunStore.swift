@@ -121,7 +121,9 @@ struct RunStore: Sendable {
     /// Starts runs for new events, completes the waits they match and cancels the runs they
     /// cancel; moves the cursor past them. Returns how many events it handled (0: caught up, or
     /// another node is dispatching) and whether anything became runnable.
-    func dispatch(functions: [WorkflowFunction], now: Timestamp, batch: Int = 500) async throws -> (events: Int, runnable: Bool) {
+    static let dispatchBatch = 500
+
+    func dispatch(functions: [WorkflowFunction], now: Timestamp, batch: Int = dispatchBatch) async throws -> (events: Int, runnable: Bool) {
         try await db.write { tx in
             guard let cursor = try await lockCursor(tx, wait: false) else { return (0, false) }
             let events = try await tx.query(
@@ -267,7 +269,15 @@ struct RunStore: Sendable {
     }
 
     /// Whether the log has events not yet dispatched, or a run is due (or its worker died).
-    func hasWork(now: Timestamp) async throws -> Bool {
+    /// What a wake-up has to do: dispatch events the cursor has not passed, claim runs that are
+    /// due (or whose lease ran out).
+    struct Work: Equatable {
+        var events: Bool
+        var runs: Bool
+        static let all = Work(events: true, runs: true)
+    }
+
+    func work(now: Timestamp) async throws -> Work {
         try await db.read { conn in
             let row = try await conn.first(
                 """
@@ -276,11 +286,10 @@ struct RunStore: Sendable {
                        (SELECT MIN(run_at) FROM workflow_runs WHERE status IN ('queued', 'sleeping', 'waiting')) AS due,
                        (SELECT MIN(locked_until) FROM workflow_runs WHERE status = 'running') AS lease
                 """)
-            guard let row else { return true }
-            if try row.int("head") > row.int("cursor") { return true }
-            if let due = try row.optionalTimestamp("due"), due <= now { return true }
-            if let lease = try row.optionalTimestamp("lease"), lease < Timestamp.now() { return true }
-            return false
+            guard let row else { return .all }
+            let due = try row.optionalTimestamp("due").map { $0 <= now } ?? false
+            let expired = try row.optionalTimestamp("lease").map { $0 < Timestamp.now() } ?? false
+            return Work(events: try row.int("head") > row.int("cursor"), runs: due || expired)
         }
     }
 

@@ -118,18 +118,26 @@ public final class WorkflowEngine: Service, Sendable {
             for await _ in wakeStream {
                 // Most wake-ups (polls, commits of unrelated writes) find nothing to do: one cheap
                 // read decides, so idle workers do not take the write lock every second.
-                guard (try? await store.hasWork(now: clock.now())) ?? true || hasSchedules else { continue }
+                var work = (try? await store.work(now: clock.now())) ?? .all
+                if hasSchedules { work = .all }
+                guard work.events || work.runs else { continue }
                 do {
                     if try await store.fireSchedules(ordered, now: clock.now()) { try? await db.notify(Self.channel, payload: "") }
-                    while true {
+                    while work.events {
                         let (count, runnable) = try await store.dispatch(functions: ordered, now: clock.now())
-                        if runnable { try? await db.notify(Self.channel, payload: "") }
-                        if count == 0 { break }
+                        if runnable {
+                            work.runs = true
+                            try? await db.notify(Self.channel, payload: "")
+                        }
+                        // Fewer than a batch: it read up to the head. A commit since wakes it again.
+                        if count < RunStore.dispatchBatch { break }
                     }
                 } catch {
                     if !Task.isCancelled { logger.warning("workflow dispatch failed", metadata: ["error": .string(String(reflecting: error))]) }
                 }
-                while state.withLockedValue({ $0.busy < configuration.workers }) {
+                // Most commits (a message nobody's workflow waits for) make nothing runnable: no
+                // claim transaction for them.
+                while work.runs, state.withLockedValue({ $0.busy < configuration.workers }) {
                     let claimed: ClaimedRun?
                     do {
                         claimed = try await store.claim(worker: workerID, now: clock.now(), lease: configuration.lease)

@@ -111,4 +111,10 @@ struct ServiceKitTests {
         #expect(throws: ServiceError.self) { try key.actingUser(nil, field: "user_id") }
         #expect(throws: ServiceError.unauthorized()) { try Caller.anonymous.actingUser("u", field: "user_id") }
     }
+
+    @Test func tokenHashesAreLowerCaseHex() {
+        // Stored session and key hashes were written in this form: it must not change.
+        #expect(Secrets.sha256("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(Secrets.hex([0x00, 0x0f, 0xa0, 0xff]) == "000fa0ff")
+    }
 }
