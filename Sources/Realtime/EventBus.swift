@@ -28,10 +28,29 @@ public final class EventBus: Service, Sendable {
     /// commit while it waits ride along, so a busy server writes several frames per flush.
     struct LoopFeeds {
         let loop: any EventLoop
-        var feeds: [ObjectIdentifier: LiveFeed] = [:]
+        /// An array, not a dictionary: a push pass takes it as it is (one reference to its
+        /// storage) instead of building a new one and retaining every feed.
+        var feeds: [LiveFeed] = []
+        /// Where each feed is in `feeds`, for removal.
+        var index: [ObjectIdentifier: Int] = [:]
         var scheduled = false
         /// Every feed on this loop has been handed the events up to here.
         var pushedThrough: Int64
+
+        mutating func add(_ feed: LiveFeed) {
+            guard index[ObjectIdentifier(feed)] == nil else { return }
+            index[ObjectIdentifier(feed)] = feeds.count
+            feeds.append(feed)
+        }
+
+        mutating func remove(_ feed: LiveFeed) {
+            guard let i = index.removeValue(forKey: ObjectIdentifier(feed)) else { return }
+            let last = feeds.removeLast()
+            if i < feeds.count {
+                feeds[i] = last
+                index[ObjectIdentifier(last)] = i
+            }
+        }
     }
 
     enum WindowRead {
@@ -57,6 +76,8 @@ public final class EventBus: Service, Sendable {
     let heartbeat: Duration
     public let nodeID = UUID().uuidString.lowercased()
     private let state = NIOLockedValueBox(State())
+    /// One string per audience name for the events it hands out (see `Audiences.admit`).
+    let audienceNames = AudienceNames()
     /// `prepare()` has read the head; `run()` waits for it.
     private let readiness = Readiness()
     private let wakeStream: AsyncStream<Void>
@@ -146,7 +167,7 @@ public final class EventBus: Service, Sendable {
     /// Moves the ring up to the log's head.
     func catchUp() async throws {
         while true {
-            let events = try await EventLog.read(db, after: head, limit: 1000).map(FeedEvent.init)
+            let events = try await EventLog.read(db, after: head, limit: 1000).map { FeedEvent($0, names: audienceNames) }
             guard !events.isEmpty else { break }
             take(events, contiguous: false)
             if events.count < 1000 { break }
@@ -157,7 +178,7 @@ public final class EventBus: Service, Sendable {
     /// thread, sparing the read back from the log and the hand-offs between (the send path of
     /// every message). Events that do not follow the head directly are left to the log.
     func ingest(_ committed: [Event]) {
-        if !take(committed.map(FeedEvent.init), contiguous: true) { wake() }
+        if !take(committed.map { FeedEvent($0, names: audienceNames) }, contiguous: true) { wake() }
     }
 
     /// Moves the ring up by `events` (those it has not got yet), wakes the connections that
@@ -198,7 +219,7 @@ public final class EventBus: Service, Sendable {
             s.live[id]!.scheduled = false
             let batch = Self.window(s, after: group.pushedThrough, limit: LiveFeed.chunk) ?? []
             s.live[id]!.pushedThrough = batch.last?.seq ?? s.head
-            return (Array(group.feeds.values), group.pushedThrough, batch, s.ringBase)
+            return (group.feeds, group.pushedThrough, batch, s.ringBase)
         }
         guard let work else { return }
         for f in work.feeds { f.push(batch: work.batch[...], batchBase: work.base, windowBase: work.windowBase, bus: self) }
@@ -235,7 +256,7 @@ public final class EventBus: Service, Sendable {
         case .behind:
             guard allowDatabase else { return .behind }
             if let oldest = try await EventLog.oldest(db), cursor < oldest - 1 { return .reload }
-            return .events(try await EventLog.read(db, after: cursor, limit: limit).map(FeedEvent.init))
+            return .events(try await EventLog.read(db, after: cursor, limit: limit).map { FeedEvent($0, names: audienceNames) })
         }
     }
 
@@ -244,7 +265,7 @@ public final class EventBus: Service, Sendable {
     func pingLive() {
         let silence = TimeAmount(heartbeat) * 2
         for group in state.withLockedValue({ Array($0.live.values) }) {
-            let feeds = Array(group.feeds.values)
+            let feeds = group.feeds
             group.loop.execute {
                 for f in feeds { f.heartbeat(silence: silence) }
             }
@@ -254,8 +275,7 @@ public final class EventBus: Service, Sendable {
     /// Hands a caught-up connection to the bus, which writes to it from now on.
     func attach(_ feed: LiveFeed) {
         state.withLockedValue { s in
-            s.live[ObjectIdentifier(feed.eventLoop), default: LoopFeeds(loop: feed.eventLoop, pushedThrough: s.head)]
-                .feeds[ObjectIdentifier(feed)] = feed
+            s.live[ObjectIdentifier(feed.eventLoop), default: LoopFeeds(loop: feed.eventLoop, pushedThrough: s.head)].add(feed)
         }
         feed.eventLoop.execute { self.pushPending(feed) }
     }
@@ -263,7 +283,7 @@ public final class EventBus: Service, Sendable {
     func detach(_ feed: LiveFeed) {
         state.withLockedValue { s in
             let loop = ObjectIdentifier(feed.eventLoop)
-            s.live[loop]?.feeds.removeValue(forKey: ObjectIdentifier(feed))
+            s.live[loop]?.remove(feed)
             if s.live[loop]?.feeds.isEmpty == true { s.live.removeValue(forKey: loop) }
         }
     }
@@ -313,7 +333,7 @@ public final class EventBus: Service, Sendable {
         guard !loops.isEmpty else { return }
         let wire = WireFrame.text(frame)
         for group in loops {
-            let feeds = Array(group.feeds.values)
+            let feeds = group.feeds
             group.loop.execute {
                 for f in feeds { f.send(ephemeral: wire, audience: audience, except: except) }
             }

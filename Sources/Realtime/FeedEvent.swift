@@ -1,6 +1,7 @@
 import Chats
 import Foundation
 import Groups
+import NIOConcurrencyHelpers
 import NIOCore
 import ServiceKit
 import Storage
@@ -21,10 +22,10 @@ public final class FeedEvent: Sendable {
     /// For `stream.message`: the topic and the frame the M3O Subscribe protocol sends.
     public let stream: (topic: String, frame: ByteBuffer)?
 
-    init(_ e: Event) {
+    init(_ e: Event, names: AudienceNames) {
         seq = e.seq
         type = e.type
-        audience = e.audience
+        audience = names.shared(e.audience)
         frame = ByteBuffer(string: #"{"type":"event","cursor":\#(e.seq),"event":"\#(e.type)","data":\#(e.payload)}"#)
         wire = WireFrame.text(frame)
         change = MembershipChange(e)
@@ -96,10 +97,36 @@ public enum MembershipChange: Sendable, Equatable {
     }
 }
 
+/// One copy of each recent audience name: events to the same audience then carry the same
+/// string, which `Audiences.admit` recognises without reading its bytes.
+final class AudienceNames: Sendable {
+    private let names = NIOLockedValueBox<Set<String>>([])
+    /// Names kept at most; past it the set starts again (a name then gets a second copy, which
+    /// costs a connection one full lookup, never a wrong answer).
+    static let limit = 4096
+
+    func shared(_ name: String) -> String {
+        names.withLockedValue { names in
+            if let kept = names.firstIndex(of: name) { return names[kept] }
+            if names.count >= Self.limit { names.removeAll(keepingCapacity: true) }
+            names.insert(name)
+            return name
+        }
+    }
+}
+
 /// The audiences one connection's user belongs to, kept current as membership events pass.
 struct Audiences: Sendable {
     let user: String
-    private(set) var names: Set<String>
+    private(set) var names: Set<String> {
+        didSet { last = nil }
+    }
+    /// The audience `admit` last looked up and whether it is one of `names`. Consecutive events
+    /// mostly go to one audience, and the bus gives them one shared string: a repeat is then a
+    /// comparison of the strings' references, where the set lookup would hash the name and read
+    /// the set's memory, which the fan-out of the previous message has long pushed out of the
+    /// processor's cache (that lookup was most of the push loop's own time, in `perf`).
+    private var last: (audience: String, admitted: Bool)?
 
     init(user: String, groups: [String: Role], chats: [String]) {
         self.user = user
@@ -117,8 +144,15 @@ struct Audiences: Sendable {
     /// Whether `event` goes to this user, applying the membership change it carries: a joiner
     /// sees their own join, a leaver their own leaving.
     mutating func admit(_ event: FeedEvent) -> Bool {
-        if let c = event.change { before(c) }
-        defer { if let c = event.change { after(c) } }
+        guard let change = event.change else {
+            // `==` on two references to one string's storage answers without reading it.
+            if let last, last.audience == event.audience { return last.admitted }
+            let admitted = contains(event.audience)
+            last = (event.audience, admitted)
+            return admitted
+        }
+        before(change)
+        defer { after(change) }
         return contains(event.audience)
     }
 

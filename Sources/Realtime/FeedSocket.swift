@@ -44,7 +44,7 @@ struct FeedSocket: Sendable {
             try? await outbound.close(.unexpectedServerError, reason: "try again")
             return
         }
-        let audiences = NIOLockedValueBox(Audiences(user: user, groups: roles, chats: chatIDs))
+        let audiences = Audiences(user: user, groups: roles, chats: chatIDs)
         // One task per connection, no more (each costs memory when thousands sit idle): replay
         // what was missed, let the bus write live events, then read client frames. Frames a
         // client sends during the replay wait in the socket until it is done. The bus holds the
@@ -66,7 +66,7 @@ struct FeedSocket: Sendable {
         // A server shutting down closes its sockets rather than waiting for clients to leave.
         await withGracefulShutdownHandler {
             guard await replay(feed, since: since, outbound: outbound, logger: logger) else { return }
-            await receive(user: user, inbound: inbound, outbound: outbound, audiences: audiences, logger: logger)
+            await receive(user: user, inbound: inbound, outbound: outbound, feed: feed, logger: logger)
         } onGracefulShutdown: {
             channel.eventLoop.scheduleTask(in: closeTimeout) { channel.close(promise: nil) }
         }
@@ -96,7 +96,7 @@ struct FeedSocket: Sendable {
                             await feed.end(code: FeedCloseCode.signedOut, reason: "signed out")
                             return false
                         }
-                        if feed.audiences.withLockedValue({ $0.admit(e) }) {
+                        if feed.audiences.withLock({ $0.admit(e) }) {
                             try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame)))
                         }
                         cursor = e.seq
@@ -121,7 +121,7 @@ struct FeedSocket: Sendable {
     }
 
     func receive(user: String, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter,
-                 audiences: NIOLockedValueBox<Audiences>, logger: Logger) async {
+                 feed: LiveFeed, logger: Logger) async {
         var budget = FrameBudget(perSecond: limits.framesPerSecond)
         var lastTyping: [String: ContinuousClock.Instant] = [:]
         do {
@@ -150,7 +150,7 @@ struct FeedSocket: Sendable {
                 case "ping":
                     try await outbound.writeTextMessage(#"{"type":"pong"}"#)
                 case "typing":
-                    guard let (audience, target) = try await typingTarget(frame, audiences) else {
+                    guard let (audience, target) = try await typingTarget(frame, feed) else {
                         try await outbound.writeTextMessage(#"{"type":"error","detail":"typing: no such conversation or chat"}"#)
                         continue
                     }
@@ -173,15 +173,15 @@ struct FeedSocket: Sendable {
     }
 
     /// The audience a typing notice goes to, if the user may see the place.
-    func typingTarget(_ f: ClientFrame, _ audiences: NIOLockedValueBox<Audiences>) async throws -> (String, String)? {
+    func typingTarget(_ f: ClientFrame, _ feed: LiveFeed) async throws -> (String, String)? {
         if let cid = f.conversationId, cid.utf8.count <= 128 {
             guard let c = try await threads.conversations(ids: [cid])[cid] else { return nil }
             let audience = "group:\(c.groupId)"
-            return audiences.withLockedValue { $0.contains(audience) } ? (audience, cid) : nil
+            return feed.audiences.withLock { $0.contains(audience) } ? (audience, cid) : nil
         }
         if let chat = f.chatId, chat.utf8.count <= 128 {
             let audience = "chat:\(chat)"
-            return audiences.withLockedValue { $0.contains(audience) } ? (audience, chat) : nil
+            return feed.audiences.withLock { $0.contains(audience) } ? (audience, chat) : nil
         }
         return nil
     }

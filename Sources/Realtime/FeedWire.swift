@@ -24,11 +24,8 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
     typealias InboundIn = NIOAny
     typealias OutboundIn = NIOAny
     typealias OutboundOut = NIOAny
-    let eventLoop: any EventLoop
+    // What a send reads first, together (see `LiveFeed`).
     private var context: ChannelHandlerContext?
-    var onWritable: (@Sendable () -> Void)?
-    /// When the client last sent anything (a pong counts).
-    private var lastRead = NIODeadline.now()
     /// The channel's socket for direct sends, -1 when there is none. The channel owns it; the
     /// number is used only on the event loop and forgotten as soon as a write through the
     /// channel fails or the channel goes inactive: SwiftNIO closes a socket only on its event
@@ -41,6 +38,13 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
     /// behind them in the channel instead of overtaking them.
     private var queued = 0
     private var needsFlush = false
+    /// The channel's writability, kept here on the event loop as it changes: asked twice per
+    /// event per connection, where the channel's own answer costs a retain and an atomic load.
+    private(set) var isWritable = false
+    let eventLoop: any EventLoop
+    var onWritable: (@Sendable () -> Void)?
+    /// When the client last sent anything (a pong counts).
+    private var lastRead = NIODeadline.now()
 
     /// Whether the client has sent nothing at all for `silence`.
     func hasBeenSilent(for silence: TimeAmount) -> Bool { NIODeadline.now() - lastRead >= silence }
@@ -87,10 +91,6 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
         lastRead = .now()
         context.fireChannelRead(data)
     }
-
-    /// The channel's writability, kept here on the event loop as it changes: asked twice per
-    /// event per connection, where the channel's own answer costs a retain and an atomic load.
-    private(set) var isWritable = false
 
     /// Sends `bytes` (whole WebSocket frames) after everything written before.
     func write(_ bytes: ByteBuffer) {
