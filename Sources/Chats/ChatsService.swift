@@ -204,7 +204,7 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
     public func chats(ids: [String]) async throws -> [String: Chat] {
         let unique = Array(Set(ids))
         guard !unique.isEmpty else { return [:] }
-        let (chats, members) = try await db.read { conn in
+        let (chats, members) = try await db.lookup { conn in
             let list = SQL.list(unique.count)
             return (
                 try await conn.query("SELECT id, created_at FROM chats WHERE id IN (\(list))", unique),

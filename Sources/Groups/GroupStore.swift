@@ -70,7 +70,7 @@ struct GroupStore: Sendable {
     func roles(of userID: String, in groupIDs: [String]) async throws -> [String: Role] {
         let unique = Array(Set(groupIDs))
         guard !unique.isEmpty else { return [:] }
-        return try await db.read { conn in
+        return try await db.lookup { conn in
             try await conn.query(
                 "SELECT group_id, role FROM group_members WHERE user_id = $1 AND group_id IN (\(SQL.list(unique.count, from: 2)))",
                 [userID] + unique

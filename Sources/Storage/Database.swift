@@ -32,6 +32,11 @@ public protocol Database: Sendable {
     var dialect: SQLDialect { get }
     /// Runs `body` on a connection for reading.
     func read<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T
+    /// A read of a few rows by key (a session by its token, a membership, a conversation by id),
+    /// as every request makes before it does anything. On SQLite it runs on the calling thread:
+    /// handing it to a reader's thread and back costs more than the read itself. A read that may
+    /// scan, or take long for any reason, is a `read`.
+    func lookup<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T
     /// Runs `body` in one transaction; commits when it returns, rolls back when it throws.
     func write<T: Sendable>(_ body: @Sendable (Transaction) async throws -> T) async throws -> T
     /// Keeps the database open while the service group runs; closes it on shutdown.
@@ -45,6 +50,12 @@ public protocol Database: Sendable {
     func listen(_ channel: String, _ body: @escaping @Sendable (String) async -> Void) async throws
     /// Sends a message to every node listening on `channel` (PostgreSQL NOTIFY; a no-op on SQLite).
     func notify(_ channel: String, payload: String) async throws
+}
+
+extension Database {
+    public func lookup<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T {
+        try await read(body)
+    }
 }
 
 /// A write transaction: its statements and its events commit together.

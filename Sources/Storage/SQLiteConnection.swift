@@ -4,8 +4,10 @@ import VaporCSQLite
 /// One SQLite connection (the SQLite that sqlite-nio vendors, called directly) and the thread it
 /// runs on. Statements are prepared once and kept; a statement called from the connection's own
 /// thread (inside a transaction or read that runs there) runs at once, from anywhere else it is
-/// handed to that thread. The handle and the statement cache are only touched on that thread:
-/// that is what makes the unchecked `Sendable` sound.
+/// handed to that thread. The handle and the statement cache are touched by one thread at a
+/// time: that thread, or the task that holds a reader for a lookup (`Held`; the reader pool
+/// gives a connection to one holder at a time, and closing waits for each). That is what makes
+/// the unchecked `Sendable` sound (the connection is opened without SQLite's own mutex).
 final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
     let thread: SQLiteThread
     private var handle: OpaquePointer?
@@ -54,6 +56,16 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
         return try await thread.run { try self.execute(sql, values) }
     }
 
+    /// The connection used where its holder runs, not on its thread (`Database.lookup`).
+    struct Held: SQLExecutor {
+        let connection: SQLiteConnection
+        var dialect: SQLDialect { .sqlite }
+
+        func query(_ sql: String, _ binds: [any SQLBindable]) async throws -> [Row] {
+            try connection.execute(sql, binds.map(\.sqlValue))
+        }
+    }
+
     /// Finalizes the statements, closes the handle and ends the thread.
     func close() async {
         _ = try? await thread.run {
@@ -65,7 +77,7 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
         thread.stop()
     }
 
-    private func execute(_ sql: String, _ binds: [SQLValue]) throws -> [Row] {
+    fileprivate func execute(_ sql: String, _ binds: [SQLValue]) throws -> [Row] {
         guard let handle else { throw StorageError.closed }
         var statement = try prepared(sql, on: handle)
         let stmt = statement.handle

@@ -67,6 +67,15 @@ public final class SQLiteDatabase: Database {
         return try await Self.run(body, on: conn)
     }
 
+    public func lookup<T: Sendable>(_ body: @Sendable (any SQLExecutor) async throws -> T) async throws -> T {
+        guard !closed.withLockedValue({ $0 }) else { throw StorageError.closed }
+        guard !readers.isEmpty else { return try await read(body) }
+        // The pool hands a connection to one holder at a time: its statements run right here.
+        let conn = await readerPool.acquire()
+        defer { readerPool.release(conn) }
+        return try await body(SQLiteConnection.Held(connection: conn))
+    }
+
     /// Runs `body` on `conn`'s thread: its statements then run without leaving it.
     private static func run<T: Sendable>(
         _ body: @Sendable (Connection) async throws -> T, on conn: Connection
@@ -118,8 +127,10 @@ public final class SQLiteDatabase: Database {
         // Closing must finish even when the caller is being cancelled (a cancelled shutdown):
         // an unclosed connection leaks its file handle and WAL.
         try await Task {
-            // Wait for the writer so no transaction is cut in half.
+            // Wait for the writer so no transaction is cut in half, and for every reader: a
+            // lookup uses its connection on the caller's thread.
             await writeLock.wait()
+            for _ in readers { _ = await readerPool.acquire() }
             for r in readers { await r.close() }
             try? await writer.query("PRAGMA wal_checkpoint(TRUNCATE)", [])
             await writer.close()

@@ -325,7 +325,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
     public func conversations(ids: [String]) async throws -> [String: Conversation] {
         let unique = Array(Set(ids))
         guard !unique.isEmpty else { return [:] }
-        return try await db.read { conn in
+        return try await db.lookup { conn in
             try await conn.query(
                 "SELECT id, group_id, topic, created_by, created_at FROM conversations WHERE id IN (\(SQL.list(unique.count)))",
                 unique

@@ -263,7 +263,7 @@ struct UserStore: Sendable {
     }
 
     func session(tokenHash: String) async throws -> SessionInfo? {
-        try await db.read { conn in
+        try await db.lookup { conn in
             try await conn.first(
                 """
                 SELECT s.id AS sid, s.user_id AS uid, u.role AS role FROM sessions s JOIN users u ON u.id = s.user_id
@@ -325,7 +325,7 @@ struct UserStore: Sendable {
     // MARK: Service keys and roles
 
     func serviceKey(hash: String) async throws -> String? {
-        try await db.read { conn in
+        try await db.lookup { conn in
             try await conn.first("SELECT name FROM service_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash)?
                 .string("name")
         }

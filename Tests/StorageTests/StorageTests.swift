@@ -1,3 +1,4 @@
+import CNIOLinux
 import Foundation
 import NIOConcurrencyHelpers
 import ServiceKit
@@ -184,6 +185,46 @@ struct StorageTests {
         try await db.close()
     }
 
+    /// A lookup runs where its caller runs, on a reader connection no one else holds meanwhile;
+    /// closing waits for the lookups in progress instead of closing a connection under them.
+    @Test func lookupsRunOnTheCallersThreadAndCloseWaitsForThem() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lookup-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let db = try await SQLiteDatabase.open(path: dir.appendingPathComponent("db.sqlite").path, logger: TestDatabase.logger)
+        try await db.write { tx in
+            try await tx.query("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT)")
+            try await tx.query("INSERT INTO t (id, a) VALUES (1, 'one')")
+        }
+        let (value, thread) = try await db.lookup { conn in
+            (try await conn.first("SELECT a FROM t WHERE id = $1", 1)?.string("a"), threadName())
+        }
+        #expect(value == "one")
+        #expect(!thread.hasPrefix("SQLite"))
+        let readThread = try await db.read { conn in _ = try await conn.query("SELECT 1"); return threadName() }
+        #expect(readThread.hasPrefix("SQLite reader"), "\(readThread)")
+
+        // A lookup of a few hundred milliseconds, and a close in the middle of it (the cooperative
+        // pool has a thread for each).
+        let slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) SELECT SUM(i) AS s FROM n"
+        let outcomes = await withTaskGroup(of: String.self) { group in
+            group.addTask {
+                do {
+                    return try await db.lookup { try await $0.first(slow)?.int("s") } == 500_000_500_000 ? "sum" : "wrong"
+                } catch {
+                    return "\(error)"
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: .milliseconds(30))
+                try? await db.close()
+                return "close"
+            }
+            return await group.reduce(into: [String]()) { $0.append($1) }
+        }
+        #expect(outcomes.sorted() == ["close", "sum"])
+        await #expect(throws: StorageError.self) { try await db.lookup { try await $0.query("SELECT 1") } }
+    }
+
     /// Commits never checkpoint (that would stall a send for milliseconds); the checkpointer
     /// beside them keeps the WAL from growing without end.
     @Test func theWALIsCheckpointedBesideCommitsAndStopsGrowing() async throws {
@@ -220,4 +261,12 @@ final class ManagedFlag: Sendable {
     private let value = NIOLockedValueBox(false)
     func set() { value.withLockedValue { $0 = true } }
     var isSet: Bool { value.withLockedValue { $0 } }
+}
+
+/// The system's name of the thread running the caller (a synchronous function: async code may
+/// move between threads; here that is the point).
+func threadName() -> String {
+    var name = [CChar](repeating: 0, count: 32)
+    _ = CNIOLinux_pthread_getname_np(pthread_self(), &name, name.count)
+    return String(cString: name)
 }
