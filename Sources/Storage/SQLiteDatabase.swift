@@ -62,7 +62,7 @@ public final class SQLiteDatabase: Database {
         if readers.isEmpty {
             return try await writeLock.withPermit { try await Self.run(body, on: writer) }
         }
-        let conn = await readerPool.acquire()
+        guard let conn = await readerPool.acquire() else { throw StorageError.closed }
         defer { readerPool.release(conn) }
         return try await Self.run(body, on: conn)
     }
@@ -71,7 +71,7 @@ public final class SQLiteDatabase: Database {
         guard !closed.withLockedValue({ $0 }) else { throw StorageError.closed }
         guard !readers.isEmpty else { return try await read(body) }
         // The pool hands a connection to one holder at a time: its statements run right here.
-        let conn = await readerPool.acquire()
+        guard let conn = await readerPool.acquire() else { throw StorageError.closed }
         defer { readerPool.release(conn) }
         return try await body(SQLiteConnection.Held(connection: conn))
     }
@@ -128,11 +128,13 @@ public final class SQLiteDatabase: Database {
         // an unclosed connection leaks its file handle and WAL.
         try await Task {
             // Wait for the writer so no transaction is cut in half, and for every reader: a
-            // lookup uses its connection on the caller's thread.
+            // lookup uses its connection on the caller's thread. Reads still waiting for a
+            // reader fail with `closed`; writes still waiting for the writer fail on its
+            // closed handle.
             await writeLock.wait()
-            for _ in readers { _ = await readerPool.acquire() }
+            await readerPool.close()
             for r in readers { await r.close() }
-            try? await writer.query("PRAGMA wal_checkpoint(TRUNCATE)", [])
+            _ = try? await writer.query("PRAGMA wal_checkpoint(TRUNCATE)", [])
             await writer.close()
             writeLock.signal()
         }.value
@@ -146,7 +148,7 @@ public final class SQLiteDatabase: Database {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             if closed.withLockedValue({ $0 }) || Task.isCancelled { return }
-            let conn = await readerPool.acquire()
+            guard let conn = await readerPool.acquire() else { return }
             _ = try? await conn.query("PRAGMA wal_checkpoint(PASSIVE)", [])
             readerPool.release(conn)
         }
@@ -164,24 +166,65 @@ public final class SQLiteDatabase: Database {
         }
     }
 
-    /// Free reader connections and the tasks waiting for one.
+    /// Free reader connections and the tasks waiting for one, FIFO. A holder must give its
+    /// connection back before it waits for another reader or for the writer: `close()` waits
+    /// for every connection to come back.
     final class ReaderPool: Sendable {
-        private let free: NIOLockedValueBox<[Connection]>
-        private let available: AsyncSemaphore
+        private struct State {
+            var free: [Connection]
+            var waiters: [CheckedContinuation<Connection?, Never>] = []
+            var closed = false
+            var drained: CheckedContinuation<Void, Never>?
+        }
+        private let state: NIOLockedValueBox<State>
+        private let count: Int
 
         init(_ connections: [Connection]) {
-            free = NIOLockedValueBox(connections)
-            available = AsyncSemaphore(permits: connections.count)
+            state = NIOLockedValueBox(State(free: connections))
+            count = connections.count
         }
 
-        func acquire() async -> Connection {
-            await available.wait()
-            return free.withLockedValue { $0.removeLast() }
+        /// A free connection, or nil once the pool is closed (also for those already waiting).
+        func acquire() async -> Connection? {
+            await withCheckedContinuation { (c: CheckedContinuation<Connection?, Never>) in
+                let now = state.withLockedValue { s -> Connection?? in
+                    if s.closed { return .some(nil) }
+                    if let conn = s.free.popLast() { return .some(conn) }
+                    s.waiters.append(c)
+                    return .none
+                }
+                if let now { c.resume(returning: now) }
+            }
         }
 
-        func release(_ c: Connection) {
-            free.withLockedValue { $0.append(c) }
-            available.signal()
+        func release(_ conn: Connection) {
+            let (waiter, drained) = state.withLockedValue { s -> (CheckedContinuation<Connection?, Never>?, CheckedContinuation<Void, Never>?) in
+                if !s.closed, !s.waiters.isEmpty { return (s.waiters.removeFirst(), nil) }
+                s.free.append(conn)
+                if s.closed, s.free.count == count, let d = s.drained {
+                    s.drained = nil
+                    return (nil, d)
+                }
+                return (nil, nil)
+            }
+            waiter?.resume(returning: conn)
+            drained?.resume()
+        }
+
+        /// Refuses every waiting and later `acquire()`, then waits until each connection handed
+        /// out has come back. Called once.
+        func close() async {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let (waiters, done) = state.withLockedValue { s -> ([CheckedContinuation<Connection?, Never>], Bool) in
+                    s.closed = true
+                    defer { s.waiters = [] }
+                    if s.free.count == count { return (s.waiters, true) }
+                    s.drained = c
+                    return (s.waiters, false)
+                }
+                for w in waiters { w.resume(returning: nil) }
+                if done { c.resume() }
+            }
         }
     }
 }

@@ -118,11 +118,12 @@ struct RunStore: Sendable {
 
     // MARK: Dispatching events to runs
 
+    /// Events one dispatch transaction handles at most; fewer means it caught up.
+    static let dispatchBatch = 500
+
     /// Starts runs for new events, completes the waits they match and cancels the runs they
     /// cancel; moves the cursor past them. Returns how many events it handled (0: caught up, or
     /// another node is dispatching) and whether anything became runnable.
-    static let dispatchBatch = 500
-
     func dispatch(functions: [WorkflowFunction], now: Timestamp, batch: Int = dispatchBatch) async throws -> (events: Int, runnable: Bool) {
         try await db.write { tx in
             guard let cursor = try await lockCursor(tx, wait: false) else { return (0, false) }
@@ -268,7 +269,6 @@ struct RunStore: Sendable {
         }
     }
 
-    /// Whether the log has events not yet dispatched, or a run is due (or its worker died).
     /// What a wake-up has to do: dispatch events the cursor has not passed, claim runs that are
     /// due (or whose lease ran out).
     struct Work: Equatable {
@@ -277,6 +277,7 @@ struct RunStore: Sendable {
         static let all = Work(events: true, runs: true)
     }
 
+    /// Whether the log has events not yet dispatched, and whether a run is due (or its worker died).
     func work(now: Timestamp) async throws -> Work {
         try await db.read { conn in
             let row = try await conn.first(
