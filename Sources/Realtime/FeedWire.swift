@@ -94,7 +94,10 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
 
     /// Sends `bytes` (whole WebSocket frames) after everything written before.
     func write(_ bytes: ByteBuffer) {
-        guard let context else { return }
+        // The direct send touches neither the context nor exclusivity checks: a fan-out reaches
+        // each connection's objects cold, and each one more is a cache miss per delivery. A
+        // socket implies a context (both go when the handler is removed).
+        let socket = self.socket
         if socket >= 0, queued == 0 {
             let sent = bytes.withUnsafeReadableBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
             if sent == bytes.readableBytes { return }
@@ -103,9 +106,11 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
                 // takes the bytes and reports the error itself.
                 release()
             }
+            guard let context else { return }
             let rest = sent > 0 ? bytes.getSlice(at: bytes.readerIndex + sent, length: bytes.readableBytes - sent)! : bytes
             return enqueue(rest, context: context)
         }
+        guard let context else { return }
         enqueue(bytes, context: context)
     }
 
