@@ -13,7 +13,7 @@ public final class SQLiteDatabase: Database {
     private let writer: Connection
     private let readers: [Connection]
     private let writeLock = AsyncSemaphore(permits: 1)
-    private let readerPool: ReaderPool
+    private let readerPool: ReaderPool<Connection>
     private let closed = NIOLockedValueBox(false)
     typealias Connection = SQLiteConnection
 
@@ -165,66 +165,69 @@ public final class SQLiteDatabase: Database {
             try await database.close()
         }
     }
+}
 
-    /// Free reader connections and the tasks waiting for one, FIFO. A holder must give its
-    /// connection back before it waits for another reader or for the writer: `close()` waits
-    /// for every connection to come back.
-    final class ReaderPool: Sendable {
-        private struct State {
-            var free: [Connection]
-            var waiters: [CheckedContinuation<Connection?, Never>] = []
-            var closed = false
-            var drained: CheckedContinuation<Void, Never>?
-        }
-        private let state: NIOLockedValueBox<State>
-        private let count: Int
+/// Free reader connections and the tasks waiting for one, FIFO. A holder must give its
+/// connection back before it waits for another reader or for the writer: `close()` waits for
+/// every connection to come back.
+final class ReaderPool<Connection: Sendable>: Sendable {
+    private struct State {
+        var free: [Connection]
+        var waiters: [CheckedContinuation<Connection?, Never>] = []
+        var closed = false
+        var drained: CheckedContinuation<Void, Never>?
+    }
+    private let state: NIOLockedValueBox<State>
+    private let count: Int
 
-        init(_ connections: [Connection]) {
-            state = NIOLockedValueBox(State(free: connections))
-            count = connections.count
-        }
+    /// How many tasks wait for a connection.
+    var waiting: Int { state.withLockedValue { $0.waiters.count } }
 
-        /// A free connection, or nil once the pool is closed (also for those already waiting).
-        func acquire() async -> Connection? {
-            await withCheckedContinuation { (c: CheckedContinuation<Connection?, Never>) in
-                let now = state.withLockedValue { s -> Connection?? in
-                    if s.closed { return .some(nil) }
-                    if let conn = s.free.popLast() { return .some(conn) }
-                    s.waiters.append(c)
-                    return .none
-                }
-                if let now { c.resume(returning: now) }
+    init(_ connections: [Connection]) {
+        state = NIOLockedValueBox(State(free: connections))
+        count = connections.count
+    }
+
+    /// A free connection, or nil once the pool is closed (also for those already waiting).
+    func acquire() async -> Connection? {
+        await withCheckedContinuation { (c: CheckedContinuation<Connection?, Never>) in
+            let now = state.withLockedValue { s -> Connection?? in
+                if s.closed { return .some(nil) }
+                if let conn = s.free.popLast() { return .some(conn) }
+                s.waiters.append(c)
+                return .none
             }
+            if let now { c.resume(returning: now) }
         }
+    }
 
-        func release(_ conn: Connection) {
-            let (waiter, drained) = state.withLockedValue { s -> (CheckedContinuation<Connection?, Never>?, CheckedContinuation<Void, Never>?) in
-                if !s.closed, !s.waiters.isEmpty { return (s.waiters.removeFirst(), nil) }
-                s.free.append(conn)
-                if s.closed, s.free.count == count, let d = s.drained {
-                    s.drained = nil
-                    return (nil, d)
-                }
-                return (nil, nil)
+    func release(_ conn: Connection) {
+        let (waiter, drained) = state.withLockedValue { s -> (CheckedContinuation<Connection?, Never>?, CheckedContinuation<Void, Never>?) in
+            if !s.closed, !s.waiters.isEmpty { return (s.waiters.removeFirst(), nil) }
+            s.free.append(conn)
+            if s.closed, s.free.count == count, let d = s.drained {
+                s.drained = nil
+                return (nil, d)
             }
-            waiter?.resume(returning: conn)
-            drained?.resume()
+            return (nil, nil)
         }
+        waiter?.resume(returning: conn)
+        drained?.resume()
+    }
 
-        /// Refuses every waiting and later `acquire()`, then waits until each connection handed
-        /// out has come back. Called once.
-        func close() async {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let (waiters, done) = state.withLockedValue { s -> ([CheckedContinuation<Connection?, Never>], Bool) in
-                    s.closed = true
-                    defer { s.waiters = [] }
-                    if s.free.count == count { return (s.waiters, true) }
-                    s.drained = c
-                    return (s.waiters, false)
-                }
-                for w in waiters { w.resume(returning: nil) }
-                if done { c.resume() }
+    /// Refuses every waiting and later `acquire()`, then waits until each connection handed
+    /// out has come back. Called once.
+    func close() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let (waiters, done) = state.withLockedValue { s -> ([CheckedContinuation<Connection?, Never>], Bool) in
+                s.closed = true
+                defer { s.waiters = [] }
+                if s.free.count == count { return (s.waiters, true) }
+                s.drained = c
+                return (s.waiters, false)
             }
+            for w in waiters { w.resume(returning: nil) }
+            if done { c.resume() }
         }
     }
 }

@@ -2,7 +2,7 @@ import CNIOLinux
 import Foundation
 import NIOConcurrencyHelpers
 import ServiceKit
-import Storage
+@testable import Storage
 import Testing
 import TestSupport
 
@@ -226,59 +226,28 @@ struct StorageTests {
     }
 
     /// A read waiting for a reader when the database closes is refused (it must neither hang
-    /// nor run on a closed connection), and the close still waits for the read in progress.
-    @Test func readsWaitingForAReaderFailWhenTheDatabaseCloses() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("queued-\(UUID().uuidString)")
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let db = try await SQLiteDatabase.open(path: dir.appendingPathComponent("db.sqlite").path, logger: TestDatabase.logger, readers: 1)
-        let slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) SELECT SUM(i) AS s FROM n"
-        // Unstructured tasks and a deadline: a hang fails the test instead of stopping the suite.
-        // The steps wait for each other (tests run in parallel: the pool's threads may be late).
-        let outcomes = NIOLockedValueBox([String]())
-        let holding = NIOLockedValueBox(false), reading = NIOLockedValueBox(false)
-        func until(_ flag: NIOLockedValueBox<Bool>) async throws {
+    /// nor run on a closed connection), and the close still waits for the reader handed out.
+    @Test func readsWaitingForAReaderAreRefusedWhenThePoolCloses() async throws {
+        let pool = ReaderPool([1])
+        let held = await pool.acquire()
+        #expect(held == 1)
+        let waiter = NIOLockedValueBox<Int??>(.none), closed = NIOLockedValueBox(false)
+        Task { let got = await pool.acquire(); waiter.withLockedValue { $0 = .some(got) } }
+        // Polled with a deadline: a hang fails the test instead of stopping the suite.
+        func until(_ done: @escaping @Sendable () -> Bool) async throws {
             let deadline = ContinuousClock.now + .seconds(20)
-            while !flag.withLockedValue({ $0 }), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+            while !done(), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
         }
-        Task {
-            let s: String
-            do {
-                // On the reader's own thread: it holds the only reader without taking a pool thread.
-                s = try await db.read { conn -> Int64? in
-                    holding.withLockedValue { $0 = true }
-                    return try await conn.first(slow)?.int("s")
-                } == 500_000_500_000 ? "sum" : "wrong"
-            } catch {
-                s = "slow: \(error)"
-            }
-            outcomes.withLockedValue { $0.append(s) }
-        }
-        try await until(holding)
-        Task {
-            let s: String
-            do {
-                reading.withLockedValue { $0 = true }
-                _ = try await db.read { try await $0.query("SELECT 1") }
-                s = "read ran"
-            } catch StorageError.closed {
-                s = "read refused"
-            } catch {
-                s = "read: \(error)"
-            }
-            outcomes.withLockedValue { $0.append(s) }
-        }
-        try await until(reading)
-        try await Task.sleep(for: .milliseconds(30))
-        Task {
-            try? await db.close()
-            outcomes.withLockedValue { $0.append("close") }
-        }
-        let deadline = ContinuousClock.now + .seconds(20)
-        while outcomes.withLockedValue({ $0.count }) < 3, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let seen = outcomes.withLockedValue { $0 }
-        #expect(seen.sorted() == ["close", "read refused", "sum"], "\(seen)")
+        try await until { pool.waiting == 1 }
+        #expect(pool.waiting == 1)
+        Task { await pool.close(); closed.withLockedValue { $0 = true } }
+        try await until { waiter.withLockedValue { $0 } != nil }
+        #expect(waiter.withLockedValue { $0 } == .some(nil), "the waiting read is refused")
+        #expect(!closed.withLockedValue { $0 }, "closing waits for the reader handed out")
+        pool.release(held!)
+        try await until { closed.withLockedValue { $0 } }
+        #expect(closed.withLockedValue { $0 })
+        #expect(await pool.acquire() == nil)
     }
 
     /// Commits never checkpoint (that would stall a send for milliseconds); the checkpointer
