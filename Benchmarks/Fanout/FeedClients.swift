@@ -38,6 +38,14 @@ final class FeedClients: @unchecked Sendable {
     struct Connection {
         var fd: Int32
         var pending: [UInt8] = []
+        /// What arrived, to name a lost, repeated or reordered message after the run: how many
+        /// messages, the sum of their send times, the last send time, how many came out of order.
+        var received = 0
+        var sum: UInt64 = 0
+        var lastSent: UInt64 = 0
+        var disorder = 0
+        /// A close frame's code and reason, or the end of the stream.
+        var ended: String?
     }
 
     private let readers: [Reader]
@@ -70,6 +78,29 @@ final class FeedClients: @unchecked Sendable {
     }
 
     var delivered: Int { readers.reduce(0) { $0 + $1.stats.withLockedValue { $0.delivered } } }
+
+    /// After `stop()`: each connection that did not get every one of the `total` messages exactly
+    /// once and in order, with what it missed (when it missed one: its send time's place among
+    /// the messages) and how it ended.
+    func anomalies(total: Int) -> [String] {
+        var sends = Set<UInt64>()
+        for r in readers { r.stats.withLockedValue { sends.formUnion($0.spread.keys) } }
+        let ordered = sends.sorted()
+        let all = ordered.reduce(UInt64(0), &+)
+        var out: [String] = []
+        for (k, r) in readers.enumerated() {
+            for (i, c) in r.connections.enumerated() where c.received != total || c.disorder > 0 || c.ended != nil {
+                var line = "reader \(k) connection \(i): \(c.received) of \(total) messages, \(c.disorder) out of order"
+                if c.received == total - 1 {
+                    let missing = all &- c.sum
+                    line += ", missed message #\(ordered.firstIndex(of: missing).map(String.init) ?? "?") (sent at \(missing))"
+                }
+                if let e = c.ended { line += ", ended: \(e)" }
+                out.append(line)
+            }
+        }
+        return out
+    }
     var lastDelivery: UInt64 { readers.map { $0.stats.withLockedValue { $0.last } }.max() ?? 0 }
 
     /// p50, p99, p99.9 and max in milliseconds, over all readers.
@@ -101,8 +132,11 @@ final class FeedClients: @unchecked Sendable {
         return (p(firsts, 0.5), p(firsts, 0.99), p(lasts, 0.5), p(lasts, 0.99))
     }
 
-    /// A blocking connect and upgrade; returns the socket (then non-blocking) and any frame bytes
-    /// that came with the 101 answer.
+    /// A blocking connect and upgrade that waits for the server's `ready` frame; returns the
+    /// socket (then non-blocking) and any frame bytes that came after it. A connection opened
+    /// without a cursor gets the events after the one its `ready` names, so a message sent
+    /// between the 101 and that frame would not be this connection's (the web app passes its
+    /// page's cursor instead): the senders start only when every connection is ready.
     static func open(port: Int, token: String) throws -> (Int32, [UInt8]) {
         let fd = try connectLoopback(port: port)
         let request = "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -115,15 +149,44 @@ final class FeedClients: @unchecked Sendable {
             let n = read(fd, &chunk, chunk.count)
             guard n > 0 else { throw HarnessError(description: "the server closed during the upgrade") }
             got += chunk[0..<n]
-            if let end = got.firstRange(of: [13, 10, 13, 10]) {
-                guard got.starts(with: Array("HTTP/1.1 101".utf8)) else {
-                    throw HarnessError(description: "upgrade refused: \(String(decoding: got, as: UTF8.self))")
+            guard let end = got.firstRange(of: [13, 10, 13, 10]) else { continue }
+            guard got.starts(with: Array("HTTP/1.1 101".utf8)) else {
+                throw HarnessError(description: "upgrade refused: \(String(decoding: got, as: UTF8.self))")
+            }
+            var rest = Array(got[end.upperBound...])
+            // Frames until `ready` (the first the server sends), read whole.
+            while true {
+                if let (text, size) = firstFrame(rest) {
+                    rest.removeFirst(size)
+                    if text.contains(#""type":"ready""#) {
+                        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                        return (fd, rest)
+                    }
+                    continue
                 }
-                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                return (fd, Array(got[end.upperBound...]))
+                let n = read(fd, &chunk, chunk.count)
+                guard n > 0 else { throw HarnessError(description: "the server closed before the ready frame") }
+                rest += chunk[0..<n]
             }
         }
     }
+}
+
+/// The first whole frame in `bytes` (its payload as text) and its size; nil until it has all arrived.
+private func firstFrame(_ bytes: [UInt8]) -> (String, Int)? {
+    guard bytes.count >= 2 else { return nil }
+    var length = Int(bytes[1] & 0x7f), header = 2
+    if length == 126 {
+        guard bytes.count >= 4 else { return nil }
+        length = Int(bytes[2]) << 8 | Int(bytes[3])
+        header = 4
+    } else if length == 127 {
+        guard bytes.count >= 10 else { return nil }
+        length = (0..<8).reduce(0) { $0 << 8 | Int(bytes[2 + $1]) }
+        header = 10
+    }
+    guard bytes.count >= header + length else { return nil }
+    return (String(decoding: bytes[header..<(header + length)], as: UTF8.self), header + length)
 }
 
 /// One thread's connections, its epoll set and its own histogram (merged at the end).
@@ -177,6 +240,10 @@ final class Reader: @unchecked Sendable {
                 let i = Int(events[k].data.u64)
                 while true {
                     let got = read(connections[i].fd, buffer.baseAddress, buffer.count)
+                    if got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR) {
+                        connections[i].ended = (connections[i].ended.map { $0 + ", " } ?? "") + (got == 0 ? "end of stream" : "read error \(errno)")
+                        epoll_ctl(ep, EPOLL_CTL_DEL, connections[i].fd, nil)
+                    }
                     if got <= 0 { break }
                     ingest(i, UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
                     if got < buffer.count { break }
@@ -237,6 +304,14 @@ final class Reader: @unchecked Sendable {
                 _ = Self.pong.withUnsafeBytes { write(connections[i].fd, $0.baseAddress, $0.count) }
             } else if opcode == 0x1, let t = Self.sentAt(in: payload) {
                 sent.append(t)
+                connections[i].received += 1
+                connections[i].sum &+= t
+                if t <= connections[i].lastSent { connections[i].disorder += 1 }
+                connections[i].lastSent = t
+            } else if opcode == 0x8 {
+                let code = length >= 2 ? Int(payload[0]) << 8 | Int(payload[1]) : 0
+                let reason = length > 2 ? String(decoding: payload[2...], as: UTF8.self) : ""
+                connections[i].ended = "close \(code) \(reason)"
             }
             at += header + length
         }

@@ -159,6 +159,10 @@ if options.idle != nil {
     print("| \(count) | \(Int(options.rate)) msg/s x \(options.senders) | \(String(format: "%.0f", Double(total) / sendSeconds)) msg/s | \(delivered)/\(expected) | \(String(format: "%.0f", Double(delivered) / seconds)) | \(String(format: "%.2f | %.2f | %.2f | %.1f", p50, p99, p999, max)) | \(rss / 1024) MiB | \(String(format: "%.1f", serverCPU * 1e6 / Double(Swift.max(1, delivered)))) µs | \(String(format: "%.1f", clientCPU * 1e6 / Double(Swift.max(1, delivered)))) µs |")
     print(String(format: "per message: first delivery p50 %.2f p99 %.2f ms; last delivery p50 %.2f p99 %.2f ms",
                  spread.firstP50, spread.firstP99, spread.lastP50, spread.lastP99))
+    // Nothing may be lost, repeated or reordered: name every connection where something was.
+    let anomalies = clients.anomalies(total: total)
+    for line in anomalies.prefix(20) { print("ANOMALY \(line)") }
+    if anomalies.count > 20 { print("ANOMALY and \(anomalies.count - 20) more connections") }
 }
 server.terminate()
 server.waitUntilExit()
