@@ -78,6 +78,7 @@ final class FeedClients: @unchecked Sendable {
     }
 
     var delivered: Int { readers.reduce(0) { $0 + $1.stats.withLockedValue { $0.delivered } } }
+    var lastDelivery: UInt64 { readers.map { $0.stats.withLockedValue { $0.last } }.max() ?? 0 }
 
     /// After `stop()`: each connection that did not get every one of the `total` messages exactly
     /// once and in order, with what it missed (when it missed one: its send time's place among
@@ -101,7 +102,6 @@ final class FeedClients: @unchecked Sendable {
         }
         return out
     }
-    var lastDelivery: UInt64 { readers.map { $0.stats.withLockedValue { $0.last } }.max() ?? 0 }
 
     /// p50, p99, p99.9 and max in milliseconds, over all readers.
     func percentiles() -> (Double, Double, Double, Double) {
@@ -156,7 +156,10 @@ final class FeedClients: @unchecked Sendable {
             var rest = Array(got[end.upperBound...])
             // Frames until `ready` (the first the server sends), read whole.
             while true {
-                if let (text, size) = firstFrame(rest) {
+                let frame = rest.withUnsafeBytes { b in
+                    wholeFrame(b, at: 0).map { (String(decoding: b[$0.payload], as: UTF8.self), $0.payload.upperBound) }
+                }
+                if let (text, size) = frame {
                     rest.removeFirst(size)
                     if text.contains(#""type":"ready""#) {
                         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -172,21 +175,22 @@ final class FeedClients: @unchecked Sendable {
     }
 }
 
-/// The first whole frame in `bytes` (its payload as text) and its size; nil until it has all arrived.
-private func firstFrame(_ bytes: [UInt8]) -> (String, Int)? {
-    guard bytes.count >= 2 else { return nil }
-    var length = Int(bytes[1] & 0x7f), header = 2
+/// The whole frame at `at` in `bytes`: its opcode and where its payload lies; nil until all of it
+/// has arrived.
+func wholeFrame(_ bytes: UnsafeRawBufferPointer, at: Int) -> (opcode: UInt8, payload: Range<Int>)? {
+    guard bytes.count - at >= 2 else { return nil }
+    var length = Int(bytes[at + 1] & 0x7f), header = 2
     if length == 126 {
-        guard bytes.count >= 4 else { return nil }
-        length = Int(bytes[2]) << 8 | Int(bytes[3])
+        guard bytes.count - at >= 4 else { return nil }
+        length = Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
         header = 4
     } else if length == 127 {
-        guard bytes.count >= 10 else { return nil }
-        length = (0..<8).reduce(0) { $0 << 8 | Int(bytes[2 + $1]) }
+        guard bytes.count - at >= 10 else { return nil }
+        length = (0..<8).reduce(0) { $0 << 8 | Int(bytes[at + 2 + $1]) }
         header = 10
     }
-    guard bytes.count >= header + length else { return nil }
-    return (String(decoding: bytes[header..<(header + length)], as: UTF8.self), header + length)
+    guard bytes.count - at >= header + length else { return nil }
+    return (bytes[at] & 0x0f, (at + header)..<(at + header + length))
 }
 
 /// One thread's connections, its epoll set and its own histogram (merged at the end).
@@ -285,21 +289,8 @@ final class Reader: @unchecked Sendable {
     /// Whole frames from the start of `bytes`; returns how many bytes they took.
     private func frames(_ i: Int, _ bytes: UnsafeRawBufferPointer, into sent: inout [UInt64]) -> Int {
         var at = 0
-        while bytes.count - at >= 2 {
-            let opcode = bytes[at] & 0x0f
-            var length = Int(bytes[at + 1] & 0x7f)
-            var header = 2
-            if length == 126 {
-                guard bytes.count - at >= 4 else { break }
-                length = Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
-                header = 4
-            } else if length == 127 {
-                guard bytes.count - at >= 10 else { break }
-                length = (0..<8).reduce(0) { $0 << 8 | Int(bytes[at + 2 + $1]) }
-                header = 10
-            }
-            guard bytes.count - at >= header + length else { break }
-            let payload = UnsafeRawBufferPointer(rebasing: bytes[(at + header)..<(at + header + length)])
+        while let (opcode, range) = wholeFrame(bytes, at: at) {
+            let payload = UnsafeRawBufferPointer(rebasing: bytes[range])
             if opcode == 0x9 {
                 _ = Self.pong.withUnsafeBytes { write(connections[i].fd, $0.baseAddress, $0.count) }
             } else if opcode == 0x1, let t = Self.sentAt(in: payload) {
@@ -309,11 +300,11 @@ final class Reader: @unchecked Sendable {
                 if t <= connections[i].lastSent { connections[i].disorder += 1 }
                 connections[i].lastSent = t
             } else if opcode == 0x8 {
-                let code = length >= 2 ? Int(payload[0]) << 8 | Int(payload[1]) : 0
-                let reason = length > 2 ? String(decoding: payload[2...], as: UTF8.self) : ""
+                let code = payload.count >= 2 ? Int(payload[0]) << 8 | Int(payload[1]) : 0
+                let reason = payload.count > 2 ? String(decoding: payload[2...], as: UTF8.self) : ""
                 connections[i].ended = "close \(code) \(reason)"
             }
-            at += header + length
+            at = range.upperBound
         }
         return at
     }
