@@ -30,6 +30,10 @@ struct Options {
     var idle: Int?
     var port = 18282
     var database = NSTemporaryDirectory() + "fanout-\(UUID().uuidString).sqlite"
+    /// Whether `--database` named the file: a run's own temporary database is removed after it.
+    var keepDatabase = false
+    /// Serve without the workflow engine (`serve --no-workers`): what the engine costs a message.
+    var noWorkers = false
     /// A file to write each message's send time (ns) and first and last delivery (µs) to.
     var trace: String?
 
@@ -43,7 +47,8 @@ struct Options {
             case "--seconds": seconds = Double(args.next()!)!
             case "--idle": idle = Int(args.next()!)!
             case "--port": port = Int(args.next()!)!
-            case "--database": database = args.next()!
+            case "--database": database = args.next()!; keepDatabase = true
+            case "--no-workers": noWorkers = true
             case "--trace": trace = args.next()!
             default: fatalError("unknown option \(a)")
             }
@@ -104,6 +109,15 @@ let serviceKey = String(decoding: keyPipe.fileHandleForReading.readDataToEndOfFi
 let server = Process()
 server.executableURL = URL(fileURLWithPath: binary)
 server.arguments = ["serve", "--port", String(options.port), "--database", options.database, "--bcrypt-cost", "4", "--log-level", "error"]
+    + (options.noWorkers ? ["--no-workers"] : [])
+/// Stops the server and removes the run's own database (an early exit leaves it for a look).
+func finish() {
+    server.terminate()
+    server.waitUntilExit()
+    if !options.keepDatabase {
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: options.database + suffix) }
+    }
+}
 try server.run()
 defer { server.terminate() }
 for _ in 0..<200 {
@@ -164,8 +178,7 @@ if options.idle != nil {
     for line in anomalies.prefix(20) { print("ANOMALY \(line)") }
     if anomalies.count > 20 { print("ANOMALY and \(anomalies.count - 20) more connections") }
 }
-server.terminate()
-server.waitUntilExit()
+finish()
 exit(0)
 
 extension Sequence {

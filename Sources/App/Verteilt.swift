@@ -94,7 +94,7 @@ public struct Verteilt: Sendable {
         }
 
         // Shut down in reverse: the workers, bus and presence stop before the database closes.
-        var services: [any Service] = [db.lifecycle, bus, presence]
+        var services: [any Service] = [db.lifecycle, bus, presence, hasher]
         if config.workers.enabled { services.append(workflows) }
         var app = Application(
             router: router,

@@ -65,7 +65,8 @@ extension Verteilt {
         var logger = logger ?? Logger(label: "verteilt-worker")
         logger.logLevel = config.logLevel
         let db = try await DatabaseFactory.open(url: config.databaseURL, logger: logger)
-        let directory = UsersService(db: db, hasher: PasswordHasher(cost: config.bcryptCost), config: config.users)
+        let hasher = PasswordHasher(cost: config.bcryptCost)
+        let directory = UsersService(db: db, hasher: hasher, config: config.users)
         let groups = GroupsService(db: db, users: directory)
         let threads = ThreadsService(db: db, groups: groups, users: directory, maxTextLength: config.maxTextLength)
         let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
@@ -77,7 +78,7 @@ extension Verteilt {
             configuration: config.workers.engine, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: db.lifecycle), .init(service: engine)],
+                services: [.init(service: db.lifecycle), .init(service: hasher), .init(service: engine)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }

@@ -122,7 +122,7 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
             if let existing = try await tx.first("SELECT id, created_at FROM chats WHERE member_key = $1", key) {
                 return Chat(id: try existing.string("id"), userIds: members, createdAt: try existing.timestamp("created_at"))
             }
-            let chat = Chat(id: UUID().uuidString.lowercased(), userIds: members, createdAt: .now())
+            let chat = Chat(id: Secrets.uuid(), userIds: members, createdAt: .now())
             try await tx.query("INSERT INTO chats (id, member_key, created_at) VALUES ($1, $2, $3)", chat.id, key, chat.createdAt)
             for m in members {
                 try await tx.query("INSERT INTO chat_members (chat_id, user_id) VALUES ($1, $2)", chat.id, m)

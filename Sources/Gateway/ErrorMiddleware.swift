@@ -25,7 +25,7 @@ public struct RequestIDMiddleware: RouterMiddleware {
             let ok = !id.isEmpty && id.utf8.count <= 128 && id.unicodeScalars.allSatisfy { $0.value > 32 && $0.value < 127 }
             return ok ? id : nil
         }
-        let id = given ?? UUID().uuidString.lowercased()
+        let id = given ?? Secrets.uuid()
         context.requestID = id
         context.logger[metadataKey: "request_id"] = .string(id)
         let start = ContinuousClock.now

@@ -50,7 +50,7 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
         if ctx.caller.isServiceKey, try await users.users(ids: [owner]).isEmpty {
             throw ServiceError.notFound("owner_id: user not found")
         }
-        let id = UUID().uuidString.lowercased()
+        let id = Secrets.uuid()
         let now = Timestamp.now()
         let group = Group(id: id, name: name, memberIds: [owner], description: description, ownerId: owner,
                           adminIds: [owner], createdAt: now)

@@ -138,7 +138,7 @@ public struct InvitesService: ServiceDefinition {
         }
         _ = try await groups.require(.admin, in: groupID, caller: ctx.caller)
         let invite = Invite(
-            id: UUID().uuidString.lowercased(), groupId: groupID, email: email, code: Secrets.token(bytes: 16),
+            id: Secrets.uuid(), groupId: groupID, email: email, code: Secrets.token(bytes: 16),
             expiresAt: expires, inviterId: ctx.caller.userID,
             maxUses: req.maxUses ?? (email.isEmpty ? nil : 1), uses: 0, createdAt: now)
         try await db.write { tx in

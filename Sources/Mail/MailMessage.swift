@@ -1,4 +1,5 @@
 import Foundation
+import ServiceKit
 
 /// RFC 5322 / MIME rendering of a `Mail`. Bodies are base64, so no line is too long and no
 /// 8-bit text needs an SMTP extension.
@@ -45,7 +46,7 @@ enum MailMessage {
 
     static func render(_ mail: Mail, date: Date = Date(), messageID: String? = nil) -> String {
         let domain = address(mail.from)?.split(separator: "@").last.map(String.init) ?? "localhost"
-        let id = messageID ?? "<\(UUID().uuidString.lowercased())@\(domain)>"
+        let id = messageID ?? "<\(Secrets.uuid())@\(domain)>"
         let formatter = DateFormatter()
         formatter.locale = Locale(identifier: "en_US_POSIX")
         formatter.timeZone = TimeZone(identifier: "UTC")
@@ -65,7 +66,7 @@ enum MailMessage {
             base64Lines(mail.text),
         ]
         if let html = mail.html {
-            let boundary = "=_verteilt_" + UUID().uuidString.replacingOccurrences(of: "-", with: "")
+            let boundary = "=_verteilt_" + Secrets.uuid().replacingOccurrences(of: "-", with: "")
             lines.append("Content-Type: multipart/alternative; boundary=\"\(boundary)\"")
             lines.append("")
             lines.append("--" + boundary)

@@ -33,7 +33,7 @@ public struct Mailbox: MailTransport {
                 INSERT INTO mailbox (id, sender, recipients, subject, text_body, html_body, created_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                 """,
-                UUID().uuidString.lowercased(), mail.from, recipients, mail.subject, mail.text, mail.html, Timestamp.now())
+                Secrets.uuid(), mail.from, recipients, mail.subject, mail.text, mail.html, Timestamp.now())
         }
     }
 }

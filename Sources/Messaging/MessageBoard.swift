@@ -93,7 +93,7 @@ public struct MessageBoard: Sendable {
         id: String?, container: String, author: String, text: String, replyTo: String?, audience: String
     ) async throws -> Message {
         let text = try Validate.text(text, field: "text", maxLength: maxTextLength)
-        let id = try id.map { try Validate.id($0, field: "id") } ?? UUID().uuidString.lowercased()
+        let id = try id.map { try Validate.id($0, field: "id") } ?? Secrets.uuid()
         let replyTo = try replyTo.map { try Validate.id($0, field: "reply_to") }
         let mentioned = try await mentions(in: text, container: container, author: author)
         do {

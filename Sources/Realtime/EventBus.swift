@@ -74,7 +74,7 @@ public final class EventBus: Service, Sendable {
     let retention: Duration
     /// How often live connections are pinged; one silent for two periods is dropped.
     let heartbeat: Duration
-    public let nodeID = UUID().uuidString.lowercased()
+    public let nodeID = Secrets.uuid()
     private let state = NIOLockedValueBox(State())
     /// One string per audience name for the events it hands out (see `Audiences.admit`).
     let audienceNames = AudienceNames()

@@ -21,7 +21,7 @@ public struct CallContext: Sendable {
 
     public init(
         caller: Caller = .anonymous,
-        requestID: String = UUID().uuidString,
+        requestID: String = Secrets.uuid(),
         deadline: ContinuousClock.Instant = .now.advanced(by: .seconds(10)),
         logger: Logger = Logger(label: "verteilt"),
         clientAddress: String = "unknown",

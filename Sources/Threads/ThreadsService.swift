@@ -183,7 +183,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         let groupID = try Validate.id(req.groupId, field: "group_id")
         let topic = try Validate.name(req.topic, field: "topic")
         _ = try await groups.require(.member, in: groupID, caller: ctx.caller)
-        let c = Conversation(id: UUID().uuidString.lowercased(), groupId: groupID, topic: topic, createdAt: .now(),
+        let c = Conversation(id: Secrets.uuid(), groupId: groupID, topic: topic, createdAt: .now(),
                              createdBy: ctx.caller.userID)
         try await db.write { tx in
             try await tx.query(

@@ -2,10 +2,12 @@ import Foundation
 import HummingbirdBcrypt
 import NIOPosix
 import ServiceKit
+import ServiceLifecycle
 
 /// bcrypt on threads of its own: a hash takes ~0.25 s at cost 12 and must not block event loops
-/// or starve the database threads.
-public final class PasswordHasher: Sendable {
+/// or starve the database threads. As a service it stops its threads at graceful shutdown (a
+/// process that returns from `main` with threads left running may not end).
+public final class PasswordHasher: Service, Sendable {
     let cost: UInt8
     private let pool: NIOThreadPool
     /// A hash of a random password at the same cost: verifying against it makes a login for an
@@ -30,5 +32,9 @@ public final class PasswordHasher: Sendable {
         return ok && hash != nil
     }
 
-    public func shutdown() async throws { try await pool.shutdownGracefully() }
+    /// Runs until graceful shutdown, then lets the hashes in progress finish and stops the threads.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        try await pool.shutdownGracefully()
+    }
 }

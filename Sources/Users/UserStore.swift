@@ -65,7 +65,7 @@ struct UserStore: Sendable {
 
     func create(firstName: String, lastName: String, email: String, username: String?, passwordHash: String) async throws -> User {
         let user = User(
-            id: UUID().uuidString.lowercased(), firstName: firstName, lastName: lastName, email: email,
+            id: Secrets.uuid(), firstName: firstName, lastName: lastName, email: email,
             emailVerified: false, username: username, createdAt: .now())
         do {
             try await db.write { tx in
@@ -252,7 +252,7 @@ struct UserStore: Sendable {
                 INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, expires_at, user_agent)
                 VALUES ($1, $2, $3, $4, $4, $5, $6)
                 """,
-                UUID().uuidString.lowercased(), tokenHash, userID, now, expiresAt, userAgent)
+                Secrets.uuid(), tokenHash, userID, now, expiresAt, userAgent)
         }
     }
 
@@ -349,7 +349,7 @@ public struct ServiceKeys: Sendable {
             }
             try await tx.query(
                 "INSERT INTO service_keys (id, name, key_hash, created_at) VALUES ($1, $2, $3, $4)",
-                UUID().uuidString.lowercased(), name, Secrets.sha256(key), Timestamp.now())
+                Secrets.uuid(), name, Secrets.sha256(key), Timestamp.now())
         }
         return key
     }

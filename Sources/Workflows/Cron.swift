@@ -135,7 +135,7 @@ extension RunStore {
                     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7)
                     ON CONFLICT (function_id, idempotency_key) DO NOTHING
                     """,
-                    UUID().uuidString.lowercased(), f.id, CronTick.name, payload, head, "cron:\(due.microseconds)", now)
+                    Secrets.uuid(), f.id, CronTick.name, payload, head, "cron:\(due.microseconds)", now)
                 try await tx.query("UPDATE workflow_schedules SET last_at = $2 WHERE function_id = $1", f.id, due)
                 return true
             } || fired

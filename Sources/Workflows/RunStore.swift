@@ -151,7 +151,7 @@ struct RunStore: Sendable {
                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12)
                         ON CONFLICT (function_id, idempotency_key) DO NOTHING RETURNING id
                         """,
-                        UUID().uuidString.lowercased(), f.id, type, payload, seq, a.idempotencyKey,
+                        Secrets.uuid(), f.id, type, payload, seq, a.idempotencyKey,
                         a.concurrencyKey, a.concurrencyLimit, f.cancelEvent, cancelMatch, now,
                         // Whole milliseconds, as the API writes them: a page cursor read back is exact.
                         Timestamp(microseconds: now.microseconds / 1000 * 1000))

@@ -56,7 +56,7 @@ public final class WorkflowEngine: Service, Sendable {
         self.clock = clock
         self.configuration = configuration
         self.logger = logger
-        self.workerID = UUID().uuidString.lowercased().prefix(8) + "@" + ProcessInfo.processInfo.hostName
+        self.workerID = Secrets.uuid().prefix(8) + "@" + ProcessInfo.processInfo.hostName
         (wakeStream, wakeContinuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 

@@ -117,4 +117,23 @@ struct ServiceKitTests {
         #expect(Secrets.sha256("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         #expect(Secrets.hex([0x00, 0x0f, 0xa0, 0xff]) == "000fa0ff")
     }
+
+    @Test func identifiersAreLowerCaseVersion4UUIDs() throws {
+        var seen = Set<String>()
+        for _ in 0..<1000 {
+            let id = Secrets.uuid()
+            // The API's ids are validated and compared in this form.
+            #expect(id.count == 36)
+            #expect(id == id.lowercased())
+            let parsed = try #require(UUID(uuidString: id))
+            #expect(parsed.uuidString.lowercased() == id)
+            let chars = Array(id)
+            #expect(chars[14] == "4")
+            #expect("89ab".contains(chars[19]))
+            seen.insert(id)
+        }
+        #expect(seen.count == 1000)
+        #expect(Secrets.randomBytes(5).count == 5)
+        #expect(Secrets.token(bytes: 16).count == 22)
+    }
 }
