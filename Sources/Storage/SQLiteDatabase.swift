@@ -23,9 +23,6 @@ public final class SQLiteDatabase: Database {
         self.readerPool = ReaderPool(readers)
     }
 
-    /// How much of the database file each connection maps (SQLite reads no more than the file).
-    static let mmapSize = 1 << 30
-
     public static func open(path: String, logger: Logger, readers readerCount: Int = 4) async throws -> SQLiteDatabase {
         let memory = path == ":memory:"
         if !memory {
@@ -38,10 +35,6 @@ public final class SQLiteDatabase: Database {
             let conn = try await Connection.open(path: path, name: name)
             opened.append(conn)
             _ = try await conn.query("PRAGMA foreign_keys = ON", [])
-            // Pages of the database file read in place from the kernel's page cache. Every commit
-            // makes the other connections drop their page caches (WAL), so without this each
-            // request's first reads are `pread` calls again.
-            if !memory { _ = try await conn.query("PRAGMA mmap_size = \(mmapSize)", []) }
             return conn
         }
         do {

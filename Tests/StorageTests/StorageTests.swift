@@ -146,9 +146,6 @@ struct StorageTests {
             try await Migrator.migrate(db, [notes])
             let mode = try await db.read { try await $0.query("PRAGMA journal_mode") }
             #expect(try mode.first?.string("journal_mode") == "wal")
-            // Readers map the file rather than `pread` each page after every commit.
-            let mapped = try await db.read { try await $0.query("PRAGMA mmap_size") }
-            #expect(try mapped.first?.int("mmap_size") == 1 << 30)
             try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "kept") }
         }
         try await withDatabase(url: "sqlite://" + path, logger: TestDatabase.logger) { db in
