@@ -39,11 +39,13 @@ final class FeedClients: @unchecked Sendable {
         var fd: Int32
         var pending: [UInt8] = []
         /// What arrived, to name a lost, repeated or reordered message after the run: how many
-        /// messages, the sum of their send times, the last send time, how many came out of order.
+        /// messages, the sum of their send times, the last send time, how many came before one
+        /// sent earlier, and a hash of the order they came in.
         var received = 0
         var sum: UInt64 = 0
         var lastSent: UInt64 = 0
         var disorder = 0
+        var order: UInt64 = 0xcbf29ce484222325
         /// A close frame's code and reason, or the end of the stream.
         var ended: String?
     }
@@ -83,15 +85,26 @@ final class FeedClients: @unchecked Sendable {
     /// After `stop()`: each connection that did not get every one of the `total` messages exactly
     /// once and in order, with what it missed (when it missed one: its send time's place among
     /// the messages) and how it ended.
-    func anomalies(total: Int) -> [String] {
+    /// With one sender, the log's order is the order of the send times (it waits for each answer);
+    /// with several, it is whatever order their messages committed in, which every connection
+    /// must see alike.
+    func anomalies(total: Int, senders: Int) -> [String] {
         var sends = Set<UInt64>()
         for r in readers { r.stats.withLockedValue { sends.formUnion($0.spread.keys) } }
         let ordered = sends.sorted()
         let all = ordered.reduce(UInt64(0), &+)
+        var orders: [UInt64: Int] = [:]
+        for r in readers { for c in r.connections where c.received == total { orders[c.order, default: 0] += 1 } }
+        let usual = orders.max { $0.value < $1.value }?.key
         var out: [String] = []
         for (k, r) in readers.enumerated() {
-            for (i, c) in r.connections.enumerated() where c.received != total || c.disorder > 0 || c.ended != nil {
-                var line = "reader \(k) connection \(i): \(c.received) of \(total) messages, \(c.disorder) out of order"
+            for (i, c) in r.connections.enumerated() {
+                let reordered = senders == 1 ? c.disorder > 0 : c.received == total && c.order != usual
+                guard c.received != total || reordered || c.ended != nil else { continue }
+                var line = "reader \(k) connection \(i): \(c.received) of \(total) messages"
+                if reordered {
+                    line += senders == 1 ? ", \(c.disorder) before one sent earlier" : ", in another order than the others"
+                }
                 if c.received == total - 1 {
                     let missing = all &- c.sum
                     line += ", missed message #\(ordered.firstIndex(of: missing).map(String.init) ?? "?") (sent at \(missing))"
@@ -299,6 +312,7 @@ final class Reader: @unchecked Sendable {
                 connections[i].sum &+= t
                 if t <= connections[i].lastSent { connections[i].disorder += 1 }
                 connections[i].lastSent = t
+                connections[i].order = (connections[i].order ^ t) &* 0x100000001b3
             } else if opcode == 0x8 {
                 let code = payload.count >= 2 ? Int(payload[0]) << 8 | Int(payload[1]) : 0
                 let reason = payload.count > 2 ? String(decoding: payload[2...], as: UTF8.self) : ""

@@ -174,7 +174,7 @@ if options.idle != nil {
     print(String(format: "per message: first delivery p50 %.2f p99 %.2f ms; last delivery p50 %.2f p99 %.2f ms",
                  spread.firstP50, spread.firstP99, spread.lastP50, spread.lastP99))
     // Nothing may be lost, repeated or reordered: name every connection where something was.
-    let anomalies = clients.anomalies(total: total)
+    let anomalies = clients.anomalies(total: total, senders: options.senders)
     for line in anomalies.prefix(20) { print("ANOMALY \(line)") }
     if anomalies.count > 20 { print("ANOMALY and \(anomalies.count - 20) more connections") }
 }
