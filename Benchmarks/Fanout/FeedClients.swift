@@ -85,6 +85,7 @@ final class FeedClients: @unchecked Sendable {
     /// After `stop()`: each connection that did not get every one of the `total` messages exactly
     /// once and in order, with what it missed (when it missed one: its send time's place among
     /// the messages) and how it ended.
+    ///
     /// With one sender, the log's order is the order of the send times (it waits for each answer);
     /// with several, it is whatever order their messages committed in, which every connection
     /// must see alike.

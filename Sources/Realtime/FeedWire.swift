@@ -98,20 +98,24 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
         // each connection's objects cold, and each one more is a cache miss per delivery. A
         // socket implies a context (both go when the handler is removed).
         let socket = self.socket
+        var sent = 0
         if socket >= 0, queued == 0 {
-            let sent = bytes.withUnsafeReadableBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            sent = bytes.withUnsafeReadableBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
             if sent == bytes.readableBytes { return }
-            if sent < 0, errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR {
-                // A broken connection: the channel will find out and close; until then it
-                // takes the bytes and reports the error itself.
-                release()
+            if sent < 0 {
+                if errno != EAGAIN, errno != EWOULDBLOCK, errno != EINTR {
+                    // A broken connection: the channel will find out and close; until then it
+                    // takes the bytes and reports the error itself.
+                    release()
+                }
+                sent = 0
             }
-            guard let context else { return }
-            let rest = sent > 0 ? bytes.getSlice(at: bytes.readerIndex + sent, length: bytes.readableBytes - sent)! : bytes
-            return enqueue(rest, context: context)
         }
+        // Whatever the socket did not take goes through the channel, after what it holds.
         guard let context else { return }
-        enqueue(bytes, context: context)
+        var rest = bytes
+        rest.moveReaderIndex(forwardBy: sent)
+        enqueue(rest, context: context)
     }
 
     func flush() {
