@@ -16,6 +16,11 @@ public final class WorkflowEngine: Service, Sendable {
         public var pollInterval: Duration = .seconds(1)
         /// A run whose worker stops renewing this lease (a crashed node) is taken over.
         public var lease: Duration = .seconds(30)
+        /// After a dispatch that made nothing runnable (most commits are messages no function
+        /// waits for), wake-ups gather this long before the next look: a busy conversation then
+        /// costs one dispatch transaction per interval, not one per message. An event that does
+        /// start a function in that interval starts at most this much later.
+        public var settle: Duration = .milliseconds(50)
         public init() {}
     }
 
@@ -121,10 +126,12 @@ public final class WorkflowEngine: Service, Sendable {
                 var work = (try? await store.work(now: clock.now())) ?? .all
                 if hasSchedules { work = .all }
                 guard work.events || work.runs else { continue }
+                var dispatched = 0
                 do {
                     if try await store.fireSchedules(ordered, now: clock.now()) { try? await db.notify(Self.channel, payload: "") }
                     while work.events {
                         let (count, runnable) = try await store.dispatch(functions: ordered, now: clock.now())
+                        dispatched += count
                         if runnable {
                             work.runs = true
                             try? await db.notify(Self.channel, payload: "")
@@ -153,6 +160,10 @@ public final class WorkflowEngine: Service, Sendable {
                         self.reschedule()
                         self.wake()
                     }
+                }
+                if dispatched > 0, !work.runs {
+                    // Wake-ups that arrive meanwhile wait in the stream (one, however many came).
+                    try? await Task.sleep(for: configuration.settle)
                 }
             }
             runs.cancelAll()

@@ -272,4 +272,30 @@ struct EngineTests {
             }
         }
     }
+
+    @Test(arguments: Backend.all)
+    func eventsNoFunctionTakesAreDispatchedInBatches(_ backend: Backend) async throws {
+        let probe = Probe()
+        let f = WorkflowFunction("pinged", on: Ping.self) { event, _ in probe.note(event.id) }
+        var config = WorkflowEngine.Configuration.fast
+        config.settle = .seconds(1)
+        try await withEngines(backend, configuration: config, [f]) { db, _ in
+            @Sendable func cursor() async throws -> Int64 {
+                try await db.read { try await $0.first("SELECT seq FROM workflow_cursor WHERE name = 'events'")?.int("seq") ?? -1 }
+            }
+            // The first event after a quiet spell is dispatched at once...
+            try await send(db, Pong(user: "ada"))
+            let first = try await EventLog.head(db)
+            try await eventually("the first dispatched", seconds: 0.9) { try await cursor() == first }
+            // ...the ones right behind it wait for the settle and then go in one transaction.
+            for n in 0..<5 { try await send(db, Pong(user: "u\(n)")) }
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try await cursor() == first)
+            // An event that starts a function, sent meanwhile, starts once the settle is over.
+            try await send(db, Ping(id: "late"))
+            let head = try await EventLog.head(db)
+            try await eventually("the rest dispatched", seconds: 5) { try await cursor() == head }
+            try await eventually("the function ran") { probe.log == ["late"] }
+        }
+    }
 }
