@@ -34,6 +34,10 @@ struct CronTests {
         }
         let engines = backend == .postgres ? 3 : 1
         try await withEngines(backend, count: engines, clock: clock, [f]) { db, _ in
+            // An engine counts a schedule from when it first sees it: move the clock only after.
+            try await eventually("the schedule seen") {
+                try await db.read { try await $0.first("SELECT last_at FROM workflow_schedules WHERE function_id = 'every-5-minutes'") } != nil
+            }
             try await Task.sleep(for: .milliseconds(300))
             #expect(probe.log.isEmpty)
             clock.advance(by: .seconds(120))

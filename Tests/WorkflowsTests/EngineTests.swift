@@ -278,7 +278,7 @@ struct EngineTests {
         let probe = Probe()
         let f = WorkflowFunction("pinged", on: Ping.self) { event, _ in probe.note(event.id) }
         var config = WorkflowEngine.Configuration.fast
-        config.settle = .seconds(1)
+        config.settle = .seconds(3)
         try await withEngines(backend, configuration: config, [f]) { db, _ in
             @Sendable func cursor() async throws -> Int64 {
                 try await db.read { try await $0.first("SELECT seq FROM workflow_cursor WHERE name = 'events'")?.int("seq") ?? -1 }
@@ -286,15 +286,18 @@ struct EngineTests {
             // The first event after a quiet spell is dispatched at once...
             try await send(db, Pong(user: "ada"))
             let first = try await EventLog.head(db)
-            try await eventually("the first dispatched", seconds: 0.9) { try await cursor() == first }
+            try await eventually("the first dispatched", seconds: 2) { try await cursor() == first }
+            let settling = ContinuousClock.now
             // ...the ones right behind it wait for the settle and then go in one transaction.
             for n in 0..<5 { try await send(db, Pong(user: "u\(n)")) }
             try await Task.sleep(for: .milliseconds(200))
-            #expect(try await cursor() == first)
+            let seen = try await cursor()
+            // (A host too busy to send five events in 2.5 s says nothing about the settle.)
+            if ContinuousClock.now - settling < .milliseconds(2500) { #expect(seen == first) }
             // An event that starts a function, sent meanwhile, starts once the settle is over.
             try await send(db, Ping(id: "late"))
             let head = try await EventLog.head(db)
-            try await eventually("the rest dispatched", seconds: 5) { try await cursor() == head }
+            try await eventually("the rest dispatched", seconds: 10) { try await cursor() == head }
             try await eventually("the function ran") { probe.log == ["late"] }
         }
     }
