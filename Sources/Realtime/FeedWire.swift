@@ -87,6 +87,9 @@ final class FeedWire: ChannelDuplexHandler, RemovableChannelHandler, @unchecked 
 
     private func release() { socket = -1 }
 
+    /// Whether frames can go straight to the socket (for tests: the path they mean to exercise).
+    var sendsDirectly: Bool { socket >= 0 }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         lastRead = .now()
         context.fireChannelRead(data)

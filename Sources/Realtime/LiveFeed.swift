@@ -116,14 +116,29 @@ final class LiveFeed: @unchecked Sendable {
                     return end(code: FeedCloseCode.resume, reason: "resume from your cursor")
                 }
             }
-            // One lock for the whole run of events, not one per event.
+            // One lock for the whole run of events, not one per event. The frames of a run go
+            // out together: a connection that has several events waiting (the server fell
+            // behind, or one commit logged several) costs one system call and one TCP segment
+            // for them, not one each, so a backlog drains faster than it formed.
             let signedOut = audiences.withLock { a -> Bool? in
+                var frames = Frames()
+                defer {
+                    if let bytes = frames.take() {
+                        wire.write(bytes)
+                        wrote = true
+                    }
+                }
                 for e in events {
                     guard wire.isWritable else { return nil }
                     if e.change?.ends(user: user, session: session) == true { return true }
                     if a.admit(e) {
-                        wire.write(e.wire)
-                        wrote = true
+                        frames.add(e.wire)
+                        // Bounded, so what a slow reader makes wait in memory stays the channel's
+                        // high-water mark plus one write.
+                        if frames.bytes >= Frames.limit, let bytes = frames.take() {
+                            wire.write(bytes)
+                            wrote = true
+                        }
                     }
                     cursor = e.seq
                 }
@@ -138,6 +153,36 @@ final class LiveFeed: @unchecked Sendable {
     }
 
     static let chunk = 1000
+
+    /// Wire frames to send in one write. One frame is passed on as it is (the frame every
+    /// connection shares); a second starts a buffer of this connection's own.
+    struct Frames {
+        static let limit = 64 * 1024
+        private var first: ByteBuffer?
+        private var joined: ByteBuffer?
+        private(set) var bytes = 0
+
+        mutating func add(_ frame: ByteBuffer) {
+            bytes += frame.readableBytes
+            if joined != nil {
+                joined!.writeImmutableBuffer(frame)
+            } else if let one = first {
+                var buffer = ByteBufferAllocator().buffer(capacity: max(4 * one.readableBytes, one.readableBytes + frame.readableBytes))
+                buffer.writeImmutableBuffer(one)
+                buffer.writeImmutableBuffer(frame)
+                joined = buffer
+                first = nil
+            } else {
+                first = frame
+            }
+        }
+
+        /// What was added since the last take, if anything.
+        mutating func take() -> ByteBuffer? {
+            defer { (first, joined, bytes) = (nil, nil, 0) }
+            return joined ?? first
+        }
+    }
 
     /// A frame that is never stored (typing, presence); dropped for a connection that cannot
     /// take it now, as a missed typing notice is harmless and presence is re-read on resume.

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import NIOCore
 import NIOPosix
+@testable import Storage
 @testable import Realtime
 import Testing
 import TestSupport
@@ -34,31 +35,8 @@ struct FeedWireTests {
     /// the socket has room again but before the channel has sent the rest, must queue behind it
     /// rather than go straight out between its bytes.
     @Test func aFrameWaitingInTheChannelIsNotOvertaken() async throws {
-        let group = MultiThreadedEventLoopGroup.singleton
-        let wireReady = group.next().makePromise(of: FeedWire.self)
-        let server = try await ServerBootstrap(group: group)
-            .childChannelOption(ChannelOptions.socketOption(.so_sndbuf), value: 4096)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let wire = FeedWire(eventLoop: channel.eventLoop, descriptors: SocketDescriptors())
-                    try wire.install(in: channel)
-                    wireReady.succeed(wire)
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (server, wire, fd) = try await Self.wiredConnection(small: true)
         defer { close(fd) }
-        var small: Int32 = 4096
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(server.localAddress!.port!).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        try #require(connected == 0)
-        let wire = try await wireReady.futureResult.get()
 
         let big = WireFrame.text(ByteBuffer(repeating: UInt8(ascii: "a"), count: 1 << 20))
         let after = WireFrame.text(ByteBuffer(string: "after"))
@@ -68,7 +46,7 @@ struct FeedWireTests {
             // The reader takes some: the socket has room again, and the channel cannot have
             // noticed yet (this closure holds its event loop).
             var chunk = [UInt8](repeating: 0, count: 16384)
-            let n = read(fd, &chunk, chunk.count)
+            let n = Glibc.read(fd, &chunk, chunk.count)
             wire.write(after)
             wire.flush()
             return Array(chunk[0..<max(0, n)])
@@ -76,15 +54,7 @@ struct FeedWireTests {
         // Everything arrives, in the order written.
         var expected = big
         expected.writeImmutableBuffer(after)
-        var received = early
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        while received.count < expected.readableBytes {
-            let n = read(fd, &chunk, chunk.count)
-            guard n > 0 else { break }
-            received += chunk[0..<n]
-        }
+        let received = early + Self.read(fd, count: expected.readableBytes - early.count)
         #expect(received.count == expected.readableBytes)
         // Compared as a whole, not printed: a megabyte of bytes makes an unreadable failure.
         let inOrder = received == Array(expected.readableBytesView)
@@ -128,6 +98,96 @@ struct FeedWireTests {
             #expect(cursors == cursors.sorted())
             #expect(pongs == count)
             await member.close()
+        }
+    }
+
+    /// A server-side channel with a feed wire, installed once the channel is active (as the
+    /// feed does after the upgrade: before that the socket is not the wire's to write to), and
+    /// the other end as a plain socket. `small` shrinks both buffers, so a big frame does not fit.
+    static func wiredConnection(small: Bool = false) async throws -> (server: any Channel, wire: FeedWire, fd: Int32) {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let accepted = group.next().makePromise(of: (any Channel).self)
+        let server = try await ServerBootstrap(group: group)
+            .childChannelOption(ChannelOptions.socketOption(.so_sndbuf), value: small ? 4096 : 1 << 20)
+            .childChannelInitializer { channel in
+                accepted.succeed(channel)
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if small {
+            var size: Int32 = 4096
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(server.localAddress!.port!).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        try #require(connected == 0)
+        let channel = try await accepted.futureResult.get()
+        try await eventually("the accepted channel active", seconds: 5) { channel.isActive }
+        let wire = try await channel.eventLoop.submit {
+            let wire = FeedWire(eventLoop: channel.eventLoop, descriptors: SocketDescriptors())
+            try wire.install(in: channel)
+            return wire
+        }.get()
+        #expect(try await wire.eventLoop.submit { wire.sendsDirectly }.get(), "the tests are about direct sends")
+        return (server, wire, fd)
+    }
+
+    /// Reads until `count` bytes came (or 5 s passed).
+    static func read(_ fd: Int32, count: Int) -> [UInt8] {
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while received.count < count {
+            let n = Glibc.read(fd, &chunk, chunk.count)
+            guard n > 0 else { break }
+            received += chunk[0..<n]
+        }
+        return received
+    }
+
+    /// TCP segments with data this socket has received (Linux's `tcp_info.tcpi_data_segs_in`).
+    static func dataSegmentsIn(_ fd: Int32) -> UInt32 {
+        var info = [UInt8](repeating: 0, count: 256)
+        var length = socklen_t(info.count)
+        guard getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0, length >= 160 else { return 0 }
+        // The field's offset in the kernel's struct (include/uapi/linux/tcp.h), stable ABI.
+        return info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 152, as: UInt32.self) }
+    }
+
+    /// Events waiting for one connection leave in one write: one TCP segment, not one per event.
+    @Test func eventsWaitingForAConnectionLeaveTogether() async throws {
+        try await TestDatabase.with(.sqlite) { db in
+            let bus = EventBus(db: db, logger: TestDatabase.logger)
+            try await bus.prepare()
+            let (server, wire, fd) = try await Self.wiredConnection()
+            defer { close(fd) }
+            let feed = LiveFeed(user: "u", session: nil, wire: wire, audiences: Audiences(user: "u", groups: [:], chats: []),
+                                closeTimeout: .seconds(5))
+            await feed.goLive(from: 0, bus: bus)
+            func events(_ seqs: ClosedRange<Int64>, audience: String = "user:u") -> [FeedEvent] {
+                seqs.map { FeedEvent(Event(seq: $0, type: "note", audience: audience, payload: #"{"n":\#($0)}"#, createdAt: .now()),
+                                     names: bus.audienceNames) }
+            }
+            // Five for this user, one in between for someone else (skipped).
+            let waiting = events(1...3) + events(4...4, audience: "user:v") + events(5...6)
+            try await wire.eventLoop.submit { feed.push(batch: waiting[...], batchBase: 0, windowBase: 0, bus: bus) }.get()
+            var expected: [UInt8] = []
+            for e in waiting where e.audience == "user:u" { expected += Array(e.wire.readableBytesView) }
+            #expect(Self.read(fd, count: expected.count) == expected)
+            #expect(Self.dataSegmentsIn(fd) == 1)
+            // One event alone goes as it is.
+            let next = events(7...7)
+            try await wire.eventLoop.submit { feed.push(batch: next[...], batchBase: 6, windowBase: 0, bus: bus) }.get()
+            #expect(Self.read(fd, count: next[0].wire.readableBytes) == Array(next[0].wire.readableBytesView))
+            #expect(Self.dataSegmentsIn(fd) == 2)
+            try await server.close()
         }
     }
 }
