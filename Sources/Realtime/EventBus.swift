@@ -6,6 +6,7 @@ import NIOCore
 import ServiceKit
 import ServiceLifecycle
 import Storage
+import Synchronization
 
 /// Tails the event log and wakes every connection of this node when events commit, here or on
 /// another node. Keeps the newest events, encoded, in a ring that connections read from; a
@@ -76,6 +77,9 @@ public final class EventBus: Service, Sendable {
     let heartbeat: Duration
     public let nodeID = Secrets.uuid()
     private let state = NIOLockedValueBox(State())
+    /// The head, readable without the lock: every live connection looks at it once per push.
+    private let newestSeq = Atomic<Int64>(0)
+    var newest: Int64 { newestSeq.load(ordering: .acquiring) }
     /// One string per audience name for the events it hands out (see `Audiences.admit`).
     let audienceNames = AudienceNames()
     /// `prepare()` has read the head; `run()` waits for it.
@@ -103,6 +107,7 @@ public final class EventBus: Service, Sendable {
         state.withLockedValue {
             $0.head = head
             $0.ringBase = head
+            newestSeq.store(head, ordering: .releasing)
         }
         db.commits.observe { self.ingest($0) }
         readiness.markReady()
@@ -192,6 +197,7 @@ public final class EventBus: Service, Sendable {
                 s.ring.append(e)
                 s.head = e.seq
             }
+            newestSeq.store(s.head, ordering: .releasing)
             while s.ring.count > capacity { s.ringBase = s.ring.removeFirst().seq }
             return (Array(s.listeners.values), Self.schedule(&s))
         }

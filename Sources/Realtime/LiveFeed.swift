@@ -90,7 +90,7 @@ final class LiveFeed: @unchecked Sendable {
     /// Writes what this connection has not had yet. `batch` holds the events after `batchBase`,
     /// the common case; a connection elsewhere (it was not writable a moment ago) reads the
     /// bus's window. Writes stop when the channel stops being writable, so what waits in memory
-    /// for a slow reader is bounded by the channel's high-water mark plus one frame; the
+    /// for a slow reader is bounded by the channel's high-water mark plus one write; the
     /// connection resumes when the channel drains or, if the window has moved past it by then,
     /// is told to resume from its cursor.
     func push(batch: ArraySlice<FeedEvent>, batchBase: Int64, windowBase: Int64, bus: EventBus) {
@@ -99,11 +99,25 @@ final class LiveFeed: @unchecked Sendable {
         // Checked even when the channel cannot take writes: a reader that stopped reading must
         // not hold its place for ever.
         guard cursor >= windowBase else { return end(code: FeedCloseCode.resume, reason: "resume from your cursor") }
+        // Everything this connection has waiting goes out in one write (one system call and one
+        // TCP segment, up to `Frames.limit`), not one per event: a connection several events
+        // behind (the server fell behind, or one commit logged several) catches up for the
+        // cost of one, so a backlog drains faster than it formed.
+        var frames = Frames()
         var wrote = false
-        defer { if wrote { wire.flush() } }
-        while wire.isWritable {
+        func send() {
+            guard let bytes = frames.take() else { return }
+            wire.write(bytes)
+            wrote = true
+        }
+        defer {
+            send()
+            if wrote { wire.flush() }
+        }
+        // Up to the newest event, not only the pass's batch: one that committed while this
+        // loop's pass was on its way to this connection rides along in the same write.
+        while wire.isWritable, cursor < bus.newest {
             let events: ArraySlice<FeedEvent>
-            var more = false
             if cursor == batchBase, !batch.isEmpty {
                 events = batch
             } else {
@@ -111,23 +125,13 @@ final class LiveFeed: @unchecked Sendable {
                 case .events(let e):
                     if e.isEmpty { return }
                     events = e[...]
-                    more = e.count == Self.chunk
                 case .behind:
+                    send()
                     return end(code: FeedCloseCode.resume, reason: "resume from your cursor")
                 }
             }
-            // One lock for the whole run of events, not one per event. The frames of a run go
-            // out together: a connection that has several events waiting (the server fell
-            // behind, or one commit logged several) costs one system call and one TCP segment
-            // for them, not one each, so a backlog drains faster than it formed.
+            // One lock for the whole run of events, not one per event.
             let signedOut = audiences.withLock { a -> Bool? in
-                var frames = Frames()
-                defer {
-                    if let bytes = frames.take() {
-                        wire.write(bytes)
-                        wrote = true
-                    }
-                }
                 for e in events {
                     guard wire.isWritable else { return nil }
                     if e.change?.ends(user: user, session: session) == true { return true }
@@ -135,19 +139,18 @@ final class LiveFeed: @unchecked Sendable {
                         frames.add(e.wire)
                         // Bounded, so what a slow reader makes wait in memory stays the channel's
                         // high-water mark plus one write.
-                        if frames.bytes >= Frames.limit, let bytes = frames.take() {
-                            wire.write(bytes)
-                            wrote = true
-                        }
+                        if frames.bytes >= Frames.limit { send() }
                     }
                     cursor = e.seq
                 }
                 return false
             }
             switch signedOut {
-            case true?: return end(code: FeedCloseCode.signedOut, reason: "signed out")
+            case true?:
+                send()
+                return end(code: FeedCloseCode.signedOut, reason: "signed out")
             case nil: return
-            case false?: if !more { return }
+            case false?: continue
             }
         }
     }

@@ -161,7 +161,8 @@ struct FeedWireTests {
         return info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 152, as: UInt32.self) }
     }
 
-    /// Events waiting for one connection leave in one write: one TCP segment, not one per event.
+    /// Events waiting for one connection leave in one write: one TCP segment, not one per event,
+    /// including those committed after the push took its batch.
     @Test func eventsWaitingForAConnectionLeaveTogether() async throws {
         try await TestDatabase.with(.sqlite) { db in
             let bus = EventBus(db: db, logger: TestDatabase.logger)
@@ -170,23 +171,40 @@ struct FeedWireTests {
             defer { close(fd) }
             let feed = LiveFeed(user: "u", session: nil, wire: wire, audiences: Audiences(user: "u", groups: [:], chats: []),
                                 closeTimeout: .seconds(5))
-            await feed.goLive(from: 0, bus: bus)
-            func events(_ seqs: ClosedRange<Int64>, audience: String = "user:u") -> [FeedEvent] {
-                seqs.map { FeedEvent(Event(seq: $0, type: "note", audience: audience, payload: #"{"n":\#($0)}"#, createdAt: .now()),
-                                     names: bus.audienceNames) }
+            await feed.goLive(from: bus.head, bus: bus)
+            // Committed together (one commit hands them to the bus at once): five for this user
+            // and one in between for someone else, which is skipped.
+            struct NotInTheWindow: Error {}
+            func commit(_ notes: [(n: Int, to: String)]) async throws -> [FeedEvent] {
+                let from = bus.head
+                try await db.write { tx in
+                    for note in notes {
+                        try await EventLog.append(tx, EventBusTests.NoteLogged.event(.init(n: note.n), audience: note.to))
+                    }
+                }
+                guard case .events(let events) = bus.window(after: from, limit: 100), events.count == notes.count else {
+                    throw NotInTheWindow()
+                }
+                return events
             }
-            // Five for this user, one in between for someone else (skipped).
-            let waiting = events(1...3) + events(4...4, audience: "user:v") + events(5...6)
-            try await wire.eventLoop.submit { feed.push(batch: waiting[...], batchBase: 0, windowBase: 0, bus: bus) }.get()
+            let waiting = try await commit([(1, "user:u"), (2, "user:u"), (3, "user:u"), (4, "user:v"), (5, "user:u"), (6, "user:u")])
+            let base = waiting[0].seq - 1
+            try await wire.eventLoop.submit { feed.push(batch: waiting[...], batchBase: base, windowBase: base, bus: bus) }.get()
             var expected: [UInt8] = []
             for e in waiting where e.audience == "user:u" { expected += Array(e.wire.readableBytesView) }
             #expect(Self.read(fd, count: expected.count) == expected)
             #expect(Self.dataSegmentsIn(fd) == 1)
             // One event alone goes as it is.
-            let next = events(7...7)
-            try await wire.eventLoop.submit { feed.push(batch: next[...], batchBase: 6, windowBase: 0, bus: bus) }.get()
+            let next = try await commit([(7, "user:u")])
+            try await wire.eventLoop.submit { feed.push(batch: next[...], batchBase: waiting.last!.seq, windowBase: base, bus: bus) }.get()
             #expect(Self.read(fd, count: next[0].wire.readableBytes) == Array(next[0].wire.readableBytesView))
             #expect(Self.dataSegmentsIn(fd) == 2)
+            // An event committed after the loop's pass took its batch rides along with the batch.
+            let late = try await commit([(8, "user:u")]) + commit([(9, "user:u")])
+            try await wire.eventLoop.submit { feed.push(batch: late[..<1], batchBase: next[0].seq, windowBase: base, bus: bus) }.get()
+            let both = late.flatMap { Array($0.wire.readableBytesView) }
+            #expect(Self.read(fd, count: both.count) == both)
+            #expect(Self.dataSegmentsIn(fd) == 3)
             try await server.close()
         }
     }
