@@ -77,9 +77,9 @@ public final class EventBus: Service, Sendable {
     let heartbeat: Duration
     public let nodeID = Secrets.uuid()
     private let state = NIOLockedValueBox(State())
-    /// The head, readable without the lock: every live connection looks at it once per push.
+    /// `State.head`, readable without the lock (stored with it, under it): every live connection
+    /// looks at it once per push.
     private let newestSeq = Atomic<Int64>(0)
-    var newest: Int64 { newestSeq.load(ordering: .acquiring) }
     /// One string per audience name for the events it hands out (see `Audiences.admit`).
     let audienceNames = AudienceNames()
     /// `prepare()` has read the head; `run()` waits for it.
@@ -113,7 +113,7 @@ public final class EventBus: Service, Sendable {
         readiness.markReady()
     }
 
-    public var head: Int64 { state.withLockedValue { $0.head } }
+    public var head: Int64 { newestSeq.load(ordering: .acquiring) }
     public var connectionCount: Int {
         state.withLockedValue { s in s.listeners.count + s.live.values.reduce(0) { $0 + $1.feeds.count } }
     }

@@ -116,7 +116,7 @@ final class LiveFeed: @unchecked Sendable {
         }
         // Up to the newest event, not only the pass's batch: one that committed while this
         // loop's pass was on its way to this connection rides along in the same write.
-        while wire.isWritable, cursor < bus.newest {
+        while wire.isWritable, cursor < bus.head {
             let events: ArraySlice<FeedEvent>
             if cursor == batchBase, !batch.isEmpty {
                 events = batch
