@@ -88,10 +88,12 @@ struct InvitesTests {
             let f = try await api.fixture()
             let past = try await api.post("invites/Create", ["group_id": f.groupID, "expires_at": "2020-01-01T00:00:00Z"], token: f.owner.token)
             #expect(past.detail == "expires_at: must be in the future")
-            let soon = Timestamp.now().adding(seconds: 0.4).rfc3339
-            let r = try await api.post("invites/Create", ["group_id": f.groupID, "expires_at": soon], token: f.owner.token)
+            // Far enough ahead that the request arrives before it on a loaded host (at 0.4 s one
+            // did not, and was told "must be in the future"); then wait until it has passed.
+            let soon = Timestamp.now().adding(seconds: 3)
+            let r = try await api.post("invites/Create", ["group_id": f.groupID, "expires_at": soon.rfc3339], token: f.owner.token)
             let code = try #require((r["invite"] as? [String: Any])?["code"] as? String)
-            try await Task.sleep(for: .milliseconds(600))
+            try await Task.sleep(for: .microseconds(max(0, soon.microseconds - Timestamp.now().microseconds) + 200_000))
             #expect(try await api.post("invites/Preview", ["code": code]).status == .notFound)
             #expect(try await api.post("invites/Accept", ["code": code], token: f.stranger.token).status == .notFound)
         }

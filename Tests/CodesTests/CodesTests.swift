@@ -75,11 +75,13 @@ struct CodesTests {
             #expect(garbage.status == .badRequest)
             #expect(garbage.detail.hasPrefix("expires_at: must be an RFC 3339 timestamp"))
 
-            let soon = Timestamp.now().adding(seconds: 0.5).rfc3339
-            let c = try await api.post("codes/Create", ["identity": "id", "expires_at": soon], token: key)
+            // Far enough ahead that the request arrives before it on a loaded host (at 0.5 s one
+            // did not, and was told "must be in the future"); then wait until it has passed.
+            let soon = Timestamp.now().adding(seconds: 3)
+            let c = try await api.post("codes/Create", ["identity": "id", "expires_at": soon.rfc3339], token: key)
             #expect(c.status == .ok)
             let code = try #require(c["code"] as? String)
-            try await Task.sleep(for: .milliseconds(700))
+            try await Task.sleep(for: .microseconds(max(0, soon.microseconds - Timestamp.now().microseconds) + 200_000))
             #expect(try await api.post("codes/Verify", ["identity": "id", "code": code], token: key).status == .badRequest)
         }
     }
