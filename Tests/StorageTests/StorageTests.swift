@@ -122,16 +122,21 @@ struct StorageTests {
             try await db.write { try await $0.query("INSERT INTO notes (text) VALUES ($1)", "committed") }
             let (inside, signal) = AsyncStream<Void>.makeStream()
             let writerDone = ManagedFlag()
+            let readDone = ManagedFlag()
             async let writer: Void = db.write { tx in
                 try await tx.query("INSERT INTO notes (text) VALUES ($1)", "uncommitted")
                 signal.yield()
-                try await Task.sleep(for: .seconds(3))
+                // Open until the read is back (not for a fixed time, which a loaded host's read
+                // can outlast); a read that waited for the writer comes back after 30 s.
+                let giveUp = ContinuousClock.now + .seconds(30)
+                while !readDone.isSet, ContinuousClock.now < giveUp { try await Task.sleep(for: .milliseconds(10)) }
                 writerDone.set()
             }
             for await _ in inside { break }
             // A reader neither waits for the writer nor sees its uncommitted row.
             let rows = try await db.read { try await $0.query("SELECT text FROM notes") }
             #expect(!writerDone.isSet)
+            readDone.set()
             #expect(try rows.map { try $0.string("text") } == ["committed"])
             try await writer
             #expect(try await db.read { try await $0.query("SELECT text FROM notes") }.count == 2)
