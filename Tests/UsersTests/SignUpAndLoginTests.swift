@@ -204,11 +204,13 @@ struct SignUpAndLoginTests {
 
     @Test(arguments: Backend.all)
     func sessionsExpire(_ backend: Backend) async throws {
-        // Long enough that a loaded machine still reads within it, short enough to wait out.
-        try await withTestApp(backend, configure: { $0.users.sessionLifetime = 4 }) { api in
+        // Long enough that a loaded machine still reads within it (at 4 s, a CI host's first read
+        // once came after it), short enough to wait out.
+        try await withTestApp(backend, configure: { $0.users.sessionLifetime = 10 }) { api in
             let acct = try await api.signUp()
+            let signedUp = ContinuousClock.now
             #expect(try await api.post("users/Read", ["ids": [acct.id]], token: acct.token).status == .ok)
-            try await Task.sleep(for: .milliseconds(4200))
+            try await Task.sleep(until: signedUp + .milliseconds(10_200))
             let r = try await api.post("users/Read", ["ids": [acct.id]], token: acct.token)
             #expect(r.status == .unauthorized)
             #expect(r.detail == "invalid or expired session")
