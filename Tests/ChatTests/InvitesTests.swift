@@ -93,7 +93,7 @@ struct InvitesTests {
             let soon = Timestamp.now().adding(seconds: 3)
             let r = try await api.post("invites/Create", ["group_id": f.groupID, "expires_at": soon.rfc3339], token: f.owner.token)
             let code = try #require((r["invite"] as? [String: Any])?["code"] as? String)
-            try await Task.sleep(for: .microseconds(max(0, soon.microseconds - Timestamp.now().microseconds) + 200_000))
+            try await sleep(past: soon)
             #expect(try await api.post("invites/Preview", ["code": code]).status == .notFound)
             #expect(try await api.post("invites/Accept", ["code": code], token: f.stranger.token).status == .notFound)
         }

@@ -81,7 +81,7 @@ struct CodesTests {
             let c = try await api.post("codes/Create", ["identity": "id", "expires_at": soon.rfc3339], token: key)
             #expect(c.status == .ok)
             let code = try #require(c["code"] as? String)
-            try await Task.sleep(for: .microseconds(max(0, soon.microseconds - Timestamp.now().microseconds) + 200_000))
+            try await sleep(past: soon)
             #expect(try await api.post("codes/Verify", ["identity": "id", "code": code], token: key).status == .badRequest)
         }
     }

@@ -128,8 +128,7 @@ struct StorageTests {
                 signal.yield()
                 // Open until the read is back (not for a fixed time, which a loaded host's read
                 // can outlast); a read that waited for the writer comes back after 30 s.
-                let giveUp = ContinuousClock.now + .seconds(30)
-                while !readDone.isSet, ContinuousClock.now < giveUp { try await Task.sleep(for: .milliseconds(10)) }
+                try? await eventually("the read", seconds: 30) { readDone.isSet }
                 writerDone.set()
             }
             for await _ in inside { break }

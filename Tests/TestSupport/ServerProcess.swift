@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import HummingbirdTesting
 import NIOCore
+import ServiceKit
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -121,4 +122,10 @@ public func eventually(_ what: String, seconds: Double = 20, _ condition: () asy
         try await Task.sleep(for: .milliseconds(20))
     }
     throw ServerProcessError(description: "timed out waiting for \(what)")
+}
+
+/// Sleeps until `time` (an expiry the test set) has passed on the wall clock, with a margin for
+/// the server's clock reading.
+public func sleep(past time: Timestamp) async throws {
+    try await Task.sleep(for: .microseconds(max(0, time.microseconds - Timestamp.now().microseconds) + 200_000))
 }
