@@ -49,14 +49,16 @@ struct UnreadDigestTests {
             #expect(try await mails(to: f.owner).isEmpty, "the author gets none")
 
             // Read within the delay: no mail.
+            let sayAt = Date()
             try await say("Never mind")
             let seen = try await api.post("seen/Set", ["resource_type": "chat", "resource_id": chat], token: f.member.token)
             #expect(seen.status == .ok)
-            try await Task.sleep(for: .seconds(3))
-            #expect(try await mails(to: f.member).count == 1)
-            let runs = try await api.post("workflows/ListRuns", ["function_id": "unread-digest"], token: key)
-            let statuses = ((runs["runs"] as? [[String: Any]]) ?? []).compactMap { $0["status"] as? String }
-            #expect(statuses.count == 4 && statuses.allSatisfy { $0 == "completed" }, "\(statuses)")
+            // (A host too busy to read within the 1 s delay says nothing about reading in time.)
+            let readInTime = Date().timeIntervalSince(sayAt) < 0.9
+            try await eventually("every run completed", seconds: 30) {
+                try await Self.runStatuses(api, key: key) == Array(repeating: "completed", count: 4)
+            }
+            if readInTime { #expect(try await mails(to: f.member).count == 1) }
         }
     }
 
@@ -65,6 +67,12 @@ struct UnreadDigestTests {
     static func digests(_ api: APIClient, key: String, to account: APIClient.Account) async throws -> [[String: Any]] {
         ((try await api.post("mail/List", ["to": account.email], token: key)["mails"] as? [[String: Any]]) ?? [])
             .filter { !(($0["subject"] as? String)?.hasPrefix("Confirm your email") ?? false) }
+    }
+
+    /// The statuses of the digest's workflow runs.
+    static func runStatuses(_ api: APIClient, key: String) async throws -> [String] {
+        let runs = try await api.post("workflows/ListRuns", ["function_id": "unread-digest"], token: key)
+        return ((runs["runs"] as? [[String: Any]]) ?? []).compactMap { $0["status"] as? String }
     }
 
     /// The digest's app: workers on, a short delay, links under a known public URL.
@@ -152,9 +160,8 @@ struct UnreadDigestTests {
             let text = try #require(try await mails()[0]["text"] as? String)
             #expect(text.contains("In Friends / Trips:\nOwner User: @max and this one?"))
             #expect(!text.contains("read this one"))
-            try await eventually("both runs finish", seconds: 10) {
-                let runs = try await api.post("workflows/ListRuns", ["function_id": "unread-digest"], token: key)
-                return ((runs["runs"] as? [[String: Any]]) ?? []).compactMap { $0["status"] as? String } == ["completed", "completed"]
+            try await eventually("both runs finish", seconds: 30) {
+                try await Self.runStatuses(api, key: key) == ["completed", "completed"]
             }
         }
     }
@@ -194,11 +201,10 @@ struct UnreadDigestTests {
                 #expect(text.contains(line), "\(line) in \(text)")
             }
             #expect(!text.contains("no mention here"))
-            try await Task.sleep(for: .seconds(3))
+            try await eventually("every run completed", seconds: 30) {
+                try await Self.runStatuses(api, key: key) == Array(repeating: "completed", count: 5)
+            }
             #expect(try await mails().count == 1, "a burst gives one mail")
-            let runs = try await api.post("workflows/ListRuns", ["function_id": "unread-digest"], token: key)
-            let statuses = ((runs["runs"] as? [[String: Any]]) ?? []).compactMap { $0["status"] as? String }
-            #expect(statuses.count == 5 && statuses.allSatisfy { $0 == "completed" }, "\(statuses)")
         }
     }
 
