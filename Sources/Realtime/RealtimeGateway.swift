@@ -152,10 +152,14 @@ public struct RealtimeGateway: Sendable {
         let wire = FeedWire(eventLoop: channel.eventLoop)
         guard (try? await channel.eventLoop.submit({ try wire.install(in: channel) }).get()) != nil
         else { return }
+        // The head before subscribing: a message committed in between is read, not skipped.
+        let start = bus.head
         let (id, signals) = bus.subscribe()
         defer { bus.unsubscribe(id) }
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.forward(topic: frame.topic, signals: signals, outbound: outbound, logger: logger) }
+            group.addTask {
+                await self.forward(topic: frame.topic, after: start, signals: signals, outbound: outbound, logger: logger)
+            }
             group.addTask {
                 let heartbeat = self.bus.heartbeat
                 while !Task.isCancelled {
@@ -174,9 +178,10 @@ public struct RealtimeGateway: Sendable {
         }
     }
 
-    /// Writes the topic's messages as they commit.
-    func forward(topic: String, signals: AsyncStream<Void>, outbound: WebSocketOutboundWriter, logger: Logger) async {
-        var cursor = bus.head
+    /// Writes the topic's messages committed after `start` as they commit.
+    func forward(topic: String, after start: Int64, signals: AsyncStream<Void>, outbound: WebSocketOutboundWriter,
+                 logger: Logger) async {
+        var cursor = start
         do {
             var iterator = signals.makeAsyncIterator()
             while true {

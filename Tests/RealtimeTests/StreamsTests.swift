@@ -20,8 +20,8 @@ struct StreamsTests {
             #expect(t.status == .ok)
             let token = try #require(t["token"] as? String)
             let sub = try await subscribe(api, topic: topic, token: token)
-            // Let the subscription settle, then publish on this topic and another.
-            try await Task.sleep(for: .milliseconds(200))
+            // Once the server has taken the subscription, publish on this topic and another.
+            try await eventually("subscribed") { api.app.bus.connectionCount == 1 }
             #expect(try await api.post("streams/Publish", ["topic": f.groupID, "message": "elsewhere"], token: f.owner.token).status == .ok)
             #expect(try await api.post("streams/Publish", ["topic": topic, "message": "hello 👋"], token: f.owner.token).status == .ok)
             let frame = try await sub.nextAny()
