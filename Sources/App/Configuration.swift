@@ -24,6 +24,9 @@ public struct AppConfiguration: Sendable {
     public var realtime = RealtimeLimits()
     /// How long a user stays online after their last connection closes.
     public var presenceGrace: Duration = .seconds(5)
+    /// How often a node marks its users' presence fresh; another node's rows not kept fresh for
+    /// three of these (a node that was killed) are swept, and their users announced offline.
+    public var presenceHeartbeat: Duration = .seconds(10)
     public var mail = MailSettings()
     public var workers = WorkerSettings()
     /// The browser app's feature switches, labels and (for development) a directory to serve.

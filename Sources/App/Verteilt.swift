@@ -52,9 +52,10 @@ public struct Verteilt: Sendable {
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
         let invites = InvitesService(db: db, groups: groups, users: directory)
         let bus = EventBus(
-            db: db, capacity: config.realtime.window, retention: config.eventRetention,
-            heartbeat: config.realtime.heartbeat, logger: logger)
-        let presence = Presence(db: db, bus: bus, groups: groups, grace: config.presenceGrace, logger: logger)
+            db: db, capacity: config.realtime.window, capacityBytes: config.realtime.windowBytes,
+            retention: config.eventRetention, heartbeat: config.realtime.heartbeat, logger: logger)
+        let presence = Presence(
+            db: db, bus: bus, groups: groups, grace: config.presenceGrace, heartbeat: config.presenceHeartbeat, logger: logger)
         let streams = StreamsService(db: db, groups: groups, chats: chats, presence: presence)
         let transport = try mailTransport(config, db: db)
         let mailer = Mailer(from: config.mail.from, transport: transport)

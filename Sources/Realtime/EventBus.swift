@@ -15,6 +15,8 @@ import Synchronization
 public final class EventBus: Service, Sendable {
     struct State {
         var ring: Deque<FeedEvent> = []
+        /// What the ring's events hold in memory (`FeedEvent.bytes`).
+        var ringBytes = 0
         /// The ring holds every event after this sequence number. Not `ring.first.seq - 1`:
         /// a rolled-back transaction leaves a gap in a PostgreSQL sequence.
         var ringBase: Int64 = 0
@@ -70,6 +72,9 @@ public final class EventBus: Service, Sendable {
 
     let db: any Database
     let capacity: Int
+    /// The ring's bound in bytes besides its count: big messages (16 KiB stream messages) must
+    /// not make it hold gigabytes.
+    let capacityBytes: Int
     let pollInterval: Duration
     let logger: Logger
     let retention: Duration
@@ -89,13 +94,14 @@ public final class EventBus: Service, Sendable {
     static let ephemeralChannel = "verteilt_ephemeral"
 
     public init(
-        db: any Database, capacity: Int = 10_000, pollInterval: Duration = .seconds(1),
+        db: any Database, capacity: Int = 10_000, capacityBytes: Int = 64 << 20, pollInterval: Duration = .seconds(1),
         retention: Duration = .seconds(7 * 24 * 3600), heartbeat: Duration = .seconds(20), logger: Logger
     ) {
         self.db = db
         self.retention = retention
         self.heartbeat = heartbeat
         self.capacity = capacity
+        self.capacityBytes = capacityBytes
         self.pollInterval = pollInterval
         self.logger = logger
         (wakeStream, wakeContinuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -164,7 +170,7 @@ public final class EventBus: Service, Sendable {
         try await EventLog.prune(db, before: before)
         let oldest = try await EventLog.oldest(db) ?? 0
         state.withLockedValue { s in
-            while let first = s.ring.first, first.seq < oldest { s.ringBase = s.ring.removeFirst().seq }
+            while let first = s.ring.first, first.seq < oldest { Self.dropOldest(&s) }
             s.ringBase = max(s.ringBase, oldest - 1)
         }
     }
@@ -195,16 +201,23 @@ public final class EventBus: Service, Sendable {
             if contiguous, events.first?.seq != s.head + 1 { return nil }
             for e in events where e.seq > s.head {
                 s.ring.append(e)
+                s.ringBytes += e.bytes
                 s.head = e.seq
             }
             newestSeq.store(s.head, ordering: .releasing)
-            while s.ring.count > capacity { s.ringBase = s.ring.removeFirst().seq }
+            while s.ring.count > capacity || (s.ringBytes > capacityBytes && s.ring.count > 1) { Self.dropOldest(&s) }
             return (Array(s.listeners.values), Self.schedule(&s))
         }
         guard let (listeners, loops) = taken else { return false }
         for l in listeners { l.yield() }
         for loop in loops { loop.execute { self.pushLive(on: loop) } }
         return true
+    }
+
+    private static func dropOldest(_ s: inout State) {
+        let e = s.ring.removeFirst()
+        s.ringBytes -= e.bytes
+        s.ringBase = e.seq
     }
 
     /// Marks the loops that have no push queued as scheduled and returns them.
@@ -256,13 +269,23 @@ public final class EventBus: Service, Sendable {
 
     /// Events after `cursor`, oldest first, at most `limit`.
     func read(after cursor: Int64, limit: Int, allowDatabase: Bool) async throws -> ReadResult {
-        if cursor > head { return .reload }
+        if cursor > head {
+            // Ahead of this node's bus is not the future: the log may hold it already (read during
+            // a replay, or a cursor from another node that saw the commit first). Nothing to read
+            // until the bus gets there.
+            guard allowDatabase, cursor <= (try await EventLog.head(db)) else { return .reload }
+            return .events([])
+        }
         switch window(after: cursor, limit: limit) {
         case .events(let e): return .events(e)
         case .behind:
             guard allowDatabase else { return .behind }
-            if let oldest = try await EventLog.oldest(db), cursor < oldest - 1 { return .reload }
-            return .events(try await EventLog.read(db, after: cursor, limit: limit).map { FeedEvent($0, names: audienceNames) })
+            func pruned() async throws -> Bool { (try await EventLog.oldest(db)).map { cursor < $0 - 1 } ?? false }
+            if try await pruned() { return .reload }
+            let events = try await EventLog.read(db, after: cursor, limit: limit)
+            // Pruned between the two reads: what was read may start after a gap.
+            if try await pruned() { return .reload }
+            return .events(events.map { FeedEvent($0, names: audienceNames) })
         }
     }
 

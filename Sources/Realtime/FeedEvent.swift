@@ -21,6 +21,8 @@ public final class FeedEvent: Sendable {
     public let change: MembershipChange?
     /// For `stream.message`: the topic and the frame the M3O Subscribe protocol sends.
     public let stream: (topic: String, frame: ByteBuffer)?
+    /// About what the event holds in memory: its three encodings.
+    let bytes: Int
 
     init(_ e: Event, names: AudienceNames) {
         seq = e.seq
@@ -35,6 +37,7 @@ public final class FeedEvent: Sendable {
         } else {
             stream = nil
         }
+        bytes = frame.readableBytes + wire.readableBytes + (stream?.frame.readableBytes ?? 0) + 128
     }
 }
 
@@ -63,6 +66,16 @@ public enum MembershipChange: Sendable, Equatable {
         switch self {
         case .userDeleted(let u): return u == user
         case .sessionsEnded(let u, let ended): return u == user && session.map(ended.contains) == true
+        default: return false
+        }
+    }
+
+    /// Whether this event takes topics under `root` from `user` (see `StreamsService`): their
+    /// group's, when they leave it or it is deleted.
+    func revokes(topicRoot root: String, of user: String) -> Bool {
+        switch self {
+        case .left(let g, let u): return g == root && u == user
+        case .groupDeleted(let g): return g == root
         default: return false
         }
     }

@@ -30,8 +30,11 @@ struct FeedSocket: Sendable {
     let limits: RealtimeLimits
     let descriptors = SocketDescriptors()
 
-    func serve(user: String, session: String?, since: Int64?, channel: any Channel, inbound: WebSocketInboundStream,
-               outbound: WebSocketOutboundWriter, logger: Logger) async {
+    /// `start` is the bus's head from before the request was authenticated and the user's groups
+    /// read: a connection without `since` goes through the events after it, so a membership
+    /// change or sign-out committed meanwhile still applies to it.
+    func serve(user: String, session: String?, since: Int64?, start: Int64, channel: any Channel,
+               inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async {
         await presence.connected(user)
         defer { presence.disconnected(user) }
         let roles: [String: Role]
@@ -54,10 +57,7 @@ struct FeedSocket: Sendable {
         let feed = LiveFeed(user: user, session: session, wire: wire, audiences: audiences, closeTimeout: closeTimeout)
         let bus = self.bus
         do {
-            try await channel.eventLoop.submit {
-                wire.onWritable = { feed.eventLoop.execute { bus.pushPending(feed) } }
-                try wire.install(in: channel)
-            }.get()
+            try await channel.eventLoop.submit { try feed.install(in: channel, bus: bus) }.get()
         } catch {
             return
         }
@@ -65,7 +65,7 @@ struct FeedSocket: Sendable {
         defer { bus.detach(feed) }
         // A server shutting down closes its sockets rather than waiting for clients to leave.
         await withGracefulShutdownHandler {
-            guard await replay(feed, since: since, outbound: outbound, logger: logger) else { return }
+            guard await replay(feed, from: since ?? start, outbound: outbound, logger: logger) else { return }
             await receive(user: user, inbound: inbound, outbound: outbound, feed: feed, logger: logger)
         } onGracefulShutdown: {
             channel.eventLoop.scheduleTask(in: closeTimeout) { channel.close(promise: nil) }
@@ -74,15 +74,15 @@ struct FeedSocket: Sendable {
 
     // MARK: Server to client
 
-    /// Replays what the client missed through the socket's writer, then lets the bus write to
-    /// it. False when the connection was closed instead.
-    func replay(_ feed: LiveFeed, since: Int64?, outbound: WebSocketOutboundWriter, logger: Logger) async -> Bool {
-        var cursor = since ?? bus.head
+    /// Replays the events after `cursor` through the socket's writer (from the log itself when
+    /// they are older than the bus's window), then lets the bus write to it. False when the
+    /// connection was closed instead.
+    func replay(_ feed: LiveFeed, from start: Int64, outbound: WebSocketOutboundWriter, logger: Logger) async -> Bool {
+        var cursor = start
         do {
             try await outbound.writeTextMessage(#"{"type":"ready","cursor":\#(cursor)}"#)
-            // While replaying after a reconnect the log itself may be read.
             replay: while true {
-                switch try await bus.read(after: cursor, limit: 500, allowDatabase: since != nil) {
+                switch try await bus.read(after: cursor, limit: 500, allowDatabase: true) {
                 case .reload:
                     cursor = bus.head
                     try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
@@ -157,6 +157,8 @@ struct FeedSocket: Sendable {
                     // Throttled: one relay per place every two seconds is enough for an indicator.
                     let now = ContinuousClock.now
                     if let last = lastTyping[target], last.duration(to: now) < limits.typingInterval { continue }
+                    // Only the places typed in lately are remembered.
+                    if lastTyping.count >= 64 { lastTyping = lastTyping.filter { $0.value.duration(to: now) < limits.typingInterval } }
                     lastTyping[target] = now
                     let field = frame.conversationId != nil ? "conversation_id" : "chat_id"
                     await bus.publish(
@@ -216,6 +218,10 @@ public struct RealtimeLimits: Sendable {
     /// How many recent events the bus keeps for live connections; one further behind (a reader
     /// that stopped reading) is closed with 4000 "resume from your cursor".
     public var window = 10_000
+    /// The window's bound in memory, whatever the events' sizes.
+    public var windowBytes = 64 << 20
+    /// How long a `streams/Subscribe` socket may take to send its subscription frame.
+    public var subscribeTimeout: Duration = .seconds(10)
     /// How long a close frame may wait behind unread data before the connection is dropped.
     public var closeTimeout: Duration = .seconds(5)
     /// How often the server pings; a socket silent for two periods is closed.

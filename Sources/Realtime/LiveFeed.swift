@@ -71,6 +71,17 @@ final class LiveFeed: @unchecked Sendable {
         self.closeTimeout = closeTimeout
     }
 
+    /// Puts the feed's wire into `channel`'s pipeline; the bus writes to the feed again whenever
+    /// the channel drains. On the channel's event loop. The wire holds the feed weakly, as the
+    /// feed holds the wire: a closed connection's feed is freed.
+    func install(in channel: any Channel, bus: EventBus) throws {
+        wire.onWritable = { [weak self] in
+            guard let feed = self else { return }
+            feed.eventLoop.execute { bus.pushPending(feed) }
+        }
+        try wire.install(in: channel)
+    }
+
     /// Ends the replay at `cursor`: from here the bus writes everything after it.
     func goLive(from cursor: Int64, bus: EventBus) async {
         try? await eventLoop.submit {

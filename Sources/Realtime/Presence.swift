@@ -18,7 +18,11 @@ public final class Presence: Service, Sendable {
     let heartbeat: Duration
     let staleAfter: Double
     let logger: Logger
-    private let local = NIOLockedValueBox<[String: Int]>([:])
+    /// This node's open connections per user, and the users it has a `presence` row for.
+    private let local = NIOLockedValueBox<(counts: [String: Int], rowed: Set<String>)>(([:], []))
+    /// Each user's latest row change on this node: the next waits for it (a reconnect's insert
+    /// must not race the grace period's delete).
+    private let transitions = NIOLockedValueBox<[String: Task<Void, Never>]>([:])
 
     static let migration = Migration(service: "realtime", version: 1, [
         """
@@ -43,39 +47,73 @@ public final class Presence: Service, Sendable {
     }
 
     func connected(_ user: String) async {
-        let first = local.withLockedValue { counts -> Bool in
-            counts[user, default: 0] += 1
-            return counts[user] == 1
+        let first = local.withLockedValue { s -> Bool in
+            s.counts[user, default: 0] += 1
+            return s.counts[user] == 1
         }
         guard first else { return }
-        let wasOnline = (try? await online([user]).contains(user)) ?? false
-        _ = try? await db.write { tx in
-            try await tx.query(
-                """
-                INSERT INTO presence (node_id, user_id, updated_at) VALUES ($1, $2, $3)
-                ON CONFLICT (node_id, user_id) DO UPDATE SET updated_at = excluded.updated_at
-                """, bus.nodeID, user, Timestamp.now())
+        await serially(user) {
+            let hadRow = self.local.withLockedValue { !$0.rowed.insert(user).inserted }
+            _ = try? await self.db.write { tx in
+                try await tx.query(
+                    """
+                    INSERT INTO presence (node_id, user_id, updated_at) VALUES ($1, $2, $3)
+                    ON CONFLICT (node_id, user_id) DO UPDATE SET updated_at = excluded.updated_at
+                    """, self.bus.nodeID, user, Timestamp.now())
+            }
+            // Written before looking: of two nodes changing one user's rows at once, the one
+            // that looks last sees the other's change, so co-members are never left with
+            // "offline" for a user who is connected.
+            if !hadRow, (try? await self.onOtherNodes(user)) == false { await self.announce(user, online: true) }
         }
-        if !wasOnline { await announce(user, online: true) }
     }
 
     func disconnected(_ user: String) {
-        let last = local.withLockedValue { counts -> Bool in
-            counts[user, default: 1] -= 1
-            if counts[user]! <= 0 { counts[user] = nil; return true }
+        let last = local.withLockedValue { s -> Bool in
+            s.counts[user, default: 1] -= 1
+            if s.counts[user]! <= 0 { s.counts[user] = nil; return true }
             return false
         }
         guard last else { return }
         Task {
             try? await Task.sleep(for: grace)
-            // Back within the grace period: still online, nothing to say.
-            guard local.withLockedValue({ $0[user] == nil }) else { return }
-            _ = try? await db.write { tx in
-                try await tx.query("DELETE FROM presence WHERE node_id = $1 AND user_id = $2", bus.nodeID, user)
+            await serially(user) {
+                // Back within the grace period: still online, nothing to say.
+                let gone = self.local.withLockedValue { s -> Bool in
+                    guard s.counts[user] == nil else { return false }
+                    s.rowed.remove(user)
+                    return true
+                }
+                guard gone else { return }
+                _ = try? await self.db.write { tx in
+                    try await tx.query("DELETE FROM presence WHERE node_id = $1 AND user_id = $2", self.bus.nodeID, user)
+                }
+                if (try? await self.onOtherNodes(user)) == false { await self.announce(user, online: false) }
             }
-            if let others = try? await online([user]), others.isEmpty {
-                await announce(user, online: false)
+        }
+    }
+
+    /// Runs `body` after the user's previous transition on this node has finished.
+    private func serially(_ user: String, _ body: @escaping @Sendable () async -> Void) async {
+        let task = transitions.withLockedValue { t -> Task<Void, Never> in
+            let previous = t[user]
+            let next = Task {
+                await previous?.value
+                await body()
             }
+            t[user] = next
+            return next
+        }
+        await task.value
+        transitions.withLockedValue { t in if t[user] == task { t[user] = nil } }
+    }
+
+    /// Whether another node has a fresh row for the user.
+    private func onOtherNodes(_ user: String) async throws -> Bool {
+        let fresh = Timestamp.now().adding(seconds: -staleAfter)
+        return try await db.read { conn in
+            try await conn.first(
+                "SELECT 1 FROM presence WHERE user_id = $1 AND node_id <> $2 AND updated_at > $3", user, bus.nodeID, fresh) != nil
         }
     }
 
@@ -89,6 +127,19 @@ public final class Presence: Service, Sendable {
                 "SELECT DISTINCT user_id FROM presence WHERE updated_at > $1 AND user_id IN (\(SQL.list(unique.count, from: 2)))",
                 [fresh] + unique
             ).map { try $0.string("user_id") })
+        }
+    }
+
+    /// Drops rows no node has kept fresh (a node that was killed, or lost its database) and
+    /// tells co-members of their users who are now offline everywhere. Whichever node deletes a
+    /// row announces it, once.
+    func sweep() async throws {
+        let stale = Timestamp.now().adding(seconds: -staleAfter)
+        let users = try await db.write { tx in
+            try await tx.query("DELETE FROM presence WHERE updated_at <= $1 RETURNING user_id", stale).map { try $0.string("user_id") }
+        }
+        for user in Set(users) where try await online([user]).isEmpty {
+            await announce(user, online: false)
         }
     }
 
@@ -109,6 +160,7 @@ public final class Presence: Service, Sendable {
                     _ = try? await self.db.write { tx in
                         try await tx.query("UPDATE presence SET updated_at = $2 WHERE node_id = $1", self.bus.nodeID, Timestamp.now())
                     }
+                    try? await self.sweep()
                 }
             }
             try? await gracefulShutdown()

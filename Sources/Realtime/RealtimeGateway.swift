@@ -89,11 +89,14 @@ public struct RealtimeGateway: Sendable {
         switch uri.path {
         case "/v1/events":
             let query = Dictionary(uri.queryParameters.map { (String($0.key), String($0.value)) }, uniquingKeysWith: { $1 })
+            // Before the session is checked: a sign-out committed after this reaches the feed.
+            let start = bus.head
             guard case .accepted(let user, let session, let since) = await feedRequest(headers: head.headerFields, authority: head.authority, query: query) else {
                 return .dontUpgrade
             }
             return .upgrade([:]) { inbound, outbound, context in
-                await feed.serve(user: user, session: session, since: since, channel: channel, inbound: inbound, outbound: outbound, logger: context.logger)
+                await feed.serve(user: user, session: session, since: since, start: start, channel: channel,
+                                 inbound: inbound, outbound: outbound, logger: context.logger)
             }
         case "/v1/streams/Subscribe", "/v1/streams/subscribe":
             return .upgrade([:]) { inbound, outbound, context in
@@ -129,10 +132,12 @@ public struct RealtimeGateway: Sendable {
     func subscribe(channel: any Channel, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter,
                    logger: Logger) async {
         var messages = inbound.messages(maxSize: 4096).makeAsyncIterator()
-        // The first frame names the topic and carries a token for it, within ten seconds.
+        // The first frame names the topic and carries a token for it, within the time allowed.
+        // (A server's close finishes the channel's writer, which closes the socket.)
         let answered = NIOLockedValueBox(false)
+        let timeout = feed.limits.subscribeTimeout
         let timer = Task {
-            try await Task.sleep(for: .seconds(10))
+            try await Task.sleep(for: timeout)
             if !answered.withLockedValue({ $0 }) { try? await outbound.close(.policyViolation, reason: "no subscription frame") }
         }
         let first = try? await messages.next()
@@ -145,7 +150,7 @@ public struct RealtimeGateway: Sendable {
             try? await outbound.close(.policyViolation, reason: "first frame must be {\"topic\",\"token\"}")
             return
         }
-        guard case .some = try? await streams.redeem(frame.token, topic: frame.topic) else {
+        guard case .some(let owner) = try? await streams.redeem(frame.token, topic: frame.topic) else {
             try? await outbound.close(.policyViolation, reason: "invalid or expired token for this topic")
             return
         }
@@ -158,7 +163,7 @@ public struct RealtimeGateway: Sendable {
         defer { bus.unsubscribe(id) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                await self.forward(topic: frame.topic, after: start, signals: signals, outbound: outbound, logger: logger)
+                await self.forward(topic: frame.topic, owner: owner, after: start, signals: signals, outbound: outbound, logger: logger)
             }
             group.addTask {
                 let heartbeat = self.bus.heartbeat
@@ -178,10 +183,13 @@ public struct RealtimeGateway: Sendable {
         }
     }
 
-    /// Writes the topic's messages committed after `start` as they commit.
-    func forward(topic: String, after start: Int64, signals: AsyncStream<Void>, outbound: WebSocketOutboundWriter,
-                 logger: Logger) async {
+    /// Writes the topic's messages committed after `start` as they commit, until the owner may
+    /// no longer use the topic: a user's subscription ends with their session or account, and a
+    /// group's topics with their membership (a service key's last).
+    func forward(topic: String, owner: StreamsService.TokenOwner, after start: Int64, signals: AsyncStream<Void>,
+                 outbound: WebSocketOutboundWriter, logger: Logger) async {
         var cursor = start
+        let root = String(topic.split(separator: "/", maxSplits: 1).first ?? "")
         do {
             var iterator = signals.makeAsyncIterator()
             while true {
@@ -195,6 +203,16 @@ public struct RealtimeGateway: Sendable {
                     case .events(let events):
                         if events.isEmpty { break drain }
                         for e in events {
+                            if let user = owner.user, let change = e.change {
+                                if change.ends(user: user, session: owner.session) {
+                                    try await outbound.close(.unknown(FeedCloseCode.signedOut), reason: "signed out")
+                                    return
+                                }
+                                if change.revokes(topicRoot: root, of: user) {
+                                    try await outbound.close(.policyViolation, reason: "no longer entitled to this topic")
+                                    return
+                                }
+                            }
                             if let s = e.stream, s.topic == topic {
                                 try await outbound.write(.custom(.init(fin: true, opcode: .text, data: s.frame)))
                             }

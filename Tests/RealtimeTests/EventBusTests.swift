@@ -95,4 +95,80 @@ struct EventBusTests {
             #expect(bus.head == start + 2, "an event out of line is not taken")
         }
     }
+
+    /// A cursor the log has but this node's bus has not taken yet (another node committed it, or
+    /// a replay read it from the log) is not from the future: the reader waits for the bus
+    /// instead of being told to reload (and sent what it already had again).
+    @Test(arguments: Backend.all)
+    func aCursorAheadOfTheBusButInTheLogIsNoReload(_ backend: Backend) async throws {
+        let test = try await TestDatabase.make(backend)
+        do {
+            try await Self.readAheadOfTheBus(url: test.url)
+            try await test.drop()
+        } catch {
+            try? await test.drop()
+            throw error
+        }
+    }
+
+    static func readAheadOfTheBus(url: String) async throws {
+        try await withDatabase(url: url, logger: TestDatabase.logger) { db in
+            _ = try await Migrator.migrate(db, [])
+            let bus = EventBus(db: db, logger: TestDatabase.logger)
+            try await bus.prepare()
+            let start = bus.head
+            // Another node commits: this bus has not heard of it (nothing runs its log watch).
+            try await withDatabase(url: url, logger: TestDatabase.logger) { other in
+                for n in 0..<3 {
+                    try await other.write { tx in try await EventLog.append(tx, NoteLogged.event(Note(n: n), audience: "user:u")) }
+                }
+            }
+            let logHead = try await EventLog.head(db)
+            #expect(bus.head == start && logHead == start + 3)
+            guard case .events(let none) = try await bus.read(after: logHead, limit: 100, allowDatabase: true) else {
+                Issue.record("a cursor the log has is no reason to reload")
+                return
+            }
+            #expect(none.isEmpty)
+            guard case .reload = try await bus.read(after: logHead + 100, limit: 100, allowDatabase: true) else {
+                Issue.record("a cursor past the log's head is from the future")
+                return
+            }
+            try await bus.catchUp()
+            guard case .events(let caught) = try await bus.read(after: start, limit: 100, allowDatabase: false) else {
+                Issue.record("once caught up, the bus has them")
+                return
+            }
+            #expect(caught.map(\.seq) == [start + 1, start + 2, start + 3])
+        }
+    }
+
+    struct Big: Codable, Sendable { var text: String }
+    enum BigLogged: EventKind {
+        typealias Payload = Big
+        static let name = "big"
+    }
+
+    /// Big events shrink the window: its memory stays bounded whatever the events' sizes.
+    @Test func theWindowIsBoundedInBytes() async throws {
+        try await TestDatabase.with(.sqlite) { db in
+            // About 20 KB per event (its frame and its wire bytes): five fit in 100 KB.
+            let bus = EventBus(db: db, capacity: 1000, capacityBytes: 100_000, logger: TestDatabase.logger)
+            try await bus.prepare()
+            let text = String(repeating: "x", count: 10_000)
+            for _ in 0..<20 {
+                try await db.write { tx in try await EventLog.append(tx, BigLogged.event(Big(text: text), audience: "user:u")) }
+            }
+            let head = bus.head
+            guard case .events(let recent) = bus.window(after: head - 4, limit: 100) else {
+                Issue.record("the newest events are in the window")
+                return
+            }
+            #expect(recent.count == 4)
+            guard case .behind = bus.window(after: head - 6, limit: 100) else {
+                Issue.record("six big events do not fit in 100 KB")
+                return
+            }
+        }
+    }
 }

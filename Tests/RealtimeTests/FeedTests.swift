@@ -165,6 +165,34 @@ struct FeedTests {
         }
     }
 
+    /// A node that was killed never says its users went offline: the nodes still running sweep
+    /// the rows it stopped keeping fresh and tell co-members.
+    @Test(arguments: Backend.all)
+    func aDeadNodesUsersGoOffline(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: { $0.presenceHeartbeat = .seconds(1) }) { api in
+            let f = try await api.fixture()
+            let owner = try await api.feed(f.owner)
+            _ = try await owner.next()
+            // The member is online through another node, which then dies.
+            try await api.database.write { tx in
+                try await tx.query(
+                    "INSERT INTO presence (node_id, user_id, updated_at) VALUES ($1, $2, $3)", "dead-node", f.member.id, Timestamp.now())
+            }
+            func online() async throws -> Bool? {
+                let r = try await api.post("streams/Presence", ["user_ids": [f.member.id]], token: f.owner.token)
+                return ((r["users"] as? [String: [String: Any]])?[f.member.id])?["online"] as? Bool
+            }
+            #expect(try await online() == true)
+            let offline = try await owner.next(
+                where: { $0["type"] as? String == "presence" && $0["user_id"] as? String == f.member.id }, timeout: .seconds(20))
+            #expect(offline["online"] as? Bool == false)
+            #expect(try await online() == false)
+            let rows = try await api.database.read { try await $0.query("SELECT user_id FROM presence WHERE node_id = 'dead-node'") }
+            #expect(rows.isEmpty)
+            await owner.close()
+        }
+    }
+
     @Test(arguments: Backend.all)
     func deletingAnAccountClosesItsOpenFeeds(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in

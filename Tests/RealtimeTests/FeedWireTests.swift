@@ -105,6 +105,18 @@ struct FeedWireTests {
     /// feed does after the upgrade: before that the socket is not the wire's to write to), and
     /// the other end as a plain socket. `small` shrinks both buffers, so a big frame does not fit.
     static func wiredConnection(small: Bool = false) async throws -> (server: any Channel, wire: FeedWire, fd: Int32) {
+        let (server, channel, fd) = try await acceptedConnection(small: small)
+        let wire = try await channel.eventLoop.submit {
+            let wire = FeedWire(eventLoop: channel.eventLoop, descriptors: SocketDescriptors())
+            try wire.install(in: channel)
+            return wire
+        }.get()
+        #expect(try await wire.eventLoop.submit { wire.sendsDirectly }.get(), "the tests are about direct sends")
+        return (server, wire, fd)
+    }
+
+    /// A server-side channel, active, and the other end as a plain socket.
+    static func acceptedConnection(small: Bool = false) async throws -> (server: any Channel, channel: any Channel, fd: Int32) {
         let group = MultiThreadedEventLoopGroup.singleton
         let accepted = group.next().makePromise(of: (any Channel).self)
         let server = try await ServerBootstrap(group: group)
@@ -129,13 +141,28 @@ struct FeedWireTests {
         try #require(connected == 0)
         let channel = try await accepted.futureResult.get()
         try await eventually("the accepted channel active", seconds: 5) { channel.isActive }
-        let wire = try await channel.eventLoop.submit {
-            let wire = FeedWire(eventLoop: channel.eventLoop, descriptors: SocketDescriptors())
-            try wire.install(in: channel)
-            return wire
-        }.get()
-        #expect(try await wire.eventLoop.submit { wire.sendsDirectly }.get(), "the tests are about direct sends")
-        return (server, wire, fd)
+        return (server, channel, fd)
+    }
+
+    /// A feed and its wire refer to each other (the wire tells the feed when the channel
+    /// drains): once the connection is closed, both must still be freed.
+    @Test func aClosedConnectionsFeedIsFreed() async throws {
+        try await TestDatabase.with(.sqlite) { db in
+            let bus = EventBus(db: db, logger: TestDatabase.logger)
+            try await bus.prepare()
+            let (server, channel, fd) = try await Self.acceptedConnection()
+            let (feed, wire) = try await channel.eventLoop.submit {
+                let wire = FeedWire(eventLoop: channel.eventLoop, descriptors: SocketDescriptors())
+                let feed = LiveFeed(user: "u", session: nil, wire: wire, audiences: Audiences(user: "u", groups: [:], chats: []),
+                                    closeTimeout: .seconds(5))
+                try feed.install(in: channel, bus: bus)
+                return (Weak(feed), Weak(wire))
+            }.get()
+            close(fd)
+            try await channel.closeFuture.get()
+            try await eventually("the feed freed", seconds: 5) { feed.object == nil && wire.object == nil }
+            try await server.close()
+        }
     }
 
     /// Reads until `count` bytes came (or 5 s passed).
@@ -208,4 +235,10 @@ struct FeedWireTests {
             try await server.close()
         }
     }
+}
+
+/// Holds an object without keeping it alive.
+final class Weak<Object: AnyObject>: @unchecked Sendable {
+    weak var object: Object?
+    init(_ object: Object) { self.object = object }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Realtime
 import Testing
 import TestSupport
 
@@ -71,6 +72,49 @@ struct StreamsTests {
             let garbage = try await WSClient(port: api.port, path: "/v1/streams/Subscribe")
             try await garbage.send("hello")
             #expect(try await garbage.closeCode() == 1008)
+        }
+    }
+
+    /// A subscription lasts as long as the right to its topic: leaving the group ends one to the
+    /// group's topics, signing out ends the session's; others carry on.
+    @Test(arguments: Backend.all)
+    func aSubscriptionEndsWithTheRightToItsTopic(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            func open(_ topic: String, as token: String) async throws -> WSClient {
+                let t = try #require(try await api.post("streams/Token", ["topic": topic], token: token)["token"] as? String)
+                return try await subscribe(api, topic: topic, token: t)
+            }
+            let board = try await open("\(f.groupID)/board", as: f.member.token)
+            let own = try await open(f.member.id, as: f.member.token)
+            let admins = try await open("\(f.groupID)/board", as: f.admin.token)
+            try await eventually("subscribed") { api.app.bus.connectionCount == 3 }
+
+            let removed = try await api.post("groups/RemoveMember", ["group_id": f.groupID, "member_id": f.member.id], token: f.owner.token)
+            #expect(removed.status == .ok)
+            #expect(try await board.closeCode() == 1008)
+            // The member's own topic and the admin's subscription carry on.
+            #expect(try await api.post("streams/Publish", ["topic": "\(f.groupID)/board", "message": "still on"], token: f.owner.token).status == .ok)
+            #expect(try await admins.nextAny()["message"] as? String == "still on")
+            #expect(try await api.post("streams/Publish", ["topic": f.member.id, "message": "for you"], token: f.member.token).status == .ok)
+            #expect(try await own.nextAny()["message"] as? String == "for you")
+
+            #expect(try await api.post("users/Logout", token: f.member.token).status == .ok)
+            #expect(try await own.closeCode() == FeedCloseCode.signedOut)
+            await admins.close()
+        }
+    }
+
+    /// A socket that never subscribes is closed once the time allowed is over.
+    @Test func aSocketThatNeverSubscribesIsDropped() async throws {
+        try await withTestApp(.sqlite, configure: {
+            $0.realtime.subscribeTimeout = .milliseconds(500)
+            $0.realtime.closeTimeout = .milliseconds(300)
+        }) { api in
+            let f = try await api.fixture()
+            let silent = try await StalledSocket.connect(port: api.port, path: "/v1/streams/Subscribe", token: f.member.token)
+            let (_, code) = try await silent.drain(timeout: .seconds(10))
+            #expect(code == nil || code == 1008)
         }
     }
 }
