@@ -118,17 +118,26 @@ public struct ChatsService: ServiceDefinition, ChatsClient {
         }
         let members = ids.sorted()
         let key = members.joined(separator: ",")
-        let chat = try await db.write { tx -> Chat in
-            if let existing = try await tx.first("SELECT id, created_at FROM chats WHERE member_key = $1", key) {
-                return Chat(id: try existing.string("id"), userIds: members, createdAt: try existing.timestamp("created_at"))
+        @Sendable func existing(_ conn: any SQLExecutor) async throws -> Chat? {
+            guard let row = try await conn.first("SELECT id, created_at FROM chats WHERE member_key = $1", key) else { return nil }
+            return Chat(id: try row.string("id"), userIds: members, createdAt: try row.timestamp("created_at"))
+        }
+        let chat: Chat
+        do {
+            chat = try await db.write { tx -> Chat in
+                if let chat = try await existing(tx) { return chat }
+                let chat = Chat(id: Secrets.uuid(), userIds: members, createdAt: .now())
+                try await tx.query("INSERT INTO chats (id, member_key, created_at) VALUES ($1, $2, $3)", chat.id, key, chat.createdAt)
+                for m in members {
+                    try await tx.query("INSERT INTO chat_members (chat_id, user_id) VALUES ($1, $2)", chat.id, m)
+                }
+                try await EventLog.append(tx, ChatCreated.event(chat, audience: "chat:\(chat.id)"))
+                return chat
             }
-            let chat = Chat(id: Secrets.uuid(), userIds: members, createdAt: .now())
-            try await tx.query("INSERT INTO chats (id, member_key, created_at) VALUES ($1, $2, $3)", chat.id, key, chat.createdAt)
-            for m in members {
-                try await tx.query("INSERT INTO chat_members (chat_id, user_id) VALUES ($1, $2)", chat.id, m)
-            }
-            try await EventLog.append(tx, ChatCreated.event(chat, audience: "chat:\(chat.id)"))
-            return chat
+        } catch StorageError.uniqueViolation {
+            // Both sides opened it at once and the other committed first: the same set, the same chat.
+            guard let raced = try await db.read({ try await existing($0) }) else { throw ServiceError.conflict("chat: try again") }
+            chat = raced
         }
         var withActivity = chat
         withActivity.lastMessageAt = try await board.lastSent(containers: [chat.id])[chat.id]

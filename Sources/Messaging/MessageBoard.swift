@@ -143,13 +143,13 @@ public struct MessageBoard: Sendable {
         // Edits re-evaluate mentions: the new text decides who is mentioned.
         let mentioned = try await mentions(in: text, container: container, author: author)
         return try await db.write { tx in
-            guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
+            guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             guard m.authorId == author else { throw ServiceError.forbidden("only the author may edit a message") }
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
             try await tx.query("UPDATE \(messages) SET text = $2, edited_at = $3 WHERE id = $1", id, text, Timestamp.now())
             try await dropMentions(of: m, in: tx)
             _ = try await storeMentions(mentioned, of: m, container: container, in: tx)
-            let updated = try await fetch(id, in: tx)!
+            guard let updated = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
             try await EventLog.append(tx, MessageUpdated.event(updated, audience: audience))
             return updated
         }
@@ -158,11 +158,11 @@ public struct MessageBoard: Sendable {
     /// Replaces a message with a tombstone: it keeps its place, loses its text and reactions.
     func delete(_ id: String, audience: String) async throws -> Message {
         try await db.write { tx in
-            guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
+            guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             try await tx.query("UPDATE \(messages) SET text = '', deleted = 1, edited_at = $2 WHERE id = $1", id, Timestamp.now())
             try await dropMentions(of: m, in: tx)
             try await tx.query("DELETE FROM \(reactions) WHERE message_id = $1", id)
-            let tombstone = try await fetch(id, in: tx)!
+            guard let tombstone = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
             try await EventLog.append(tx, MessageDeleted.event(tombstone, audience: audience))
             return tombstone
         }
@@ -171,7 +171,7 @@ public struct MessageBoard: Sendable {
     func react(_ id: String, user: String, emoji: String, add: Bool, audience: String) async throws -> Message {
         let emoji = try Self.validEmoji(emoji)
         return try await db.write { tx in
-            guard let m = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
+            guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
             let changed: [Row]
             if add {
@@ -185,7 +185,7 @@ public struct MessageBoard: Sendable {
                     "DELETE FROM \(reactions) WHERE message_id = $1 AND user_id = $2 AND emoji = $3 RETURNING emoji",
                     id, user, emoji)
             }
-            let updated = try await fetch(id, in: tx)!
+            guard let updated = try await fetch(id, in: tx) else { throw ServiceError.notFound("message not found") }
             if !changed.isEmpty {
                 let reaction = ReactionChange(messageId: id, conversationId: updated.conversationId, chatId: updated.chatId,
                                         userId: user, emoji: emoji)
@@ -418,8 +418,11 @@ public struct MessageBoard: Sendable {
 
     static let columns = "id, container_id, author_id, text, sent_at, edited_at, deleted, reply_to"
 
-    func fetch(_ id: String, in conn: any SQLExecutor) async throws -> Message? {
-        guard let row = try await conn.first("SELECT \(Self.columns) FROM \(messages) WHERE id = $1", id) else { return nil }
+    /// With `forUpdate`, the row stays locked until the transaction ends (PostgreSQL; SQLite's
+    /// writers take turns anyway): a change checked against what was read cannot race a delete.
+    func fetch(_ id: String, in conn: any SQLExecutor, forUpdate: Bool = false) async throws -> Message? {
+        let lock = forUpdate && conn.dialect == .postgres ? " FOR UPDATE" : ""
+        guard let row = try await conn.first("SELECT \(Self.columns) FROM \(messages) WHERE id = $1\(lock)", id) else { return nil }
         var m = try message(row)
         m.reactions = try await reactions(for: [id], in: conn)[id]
         m.mentions = try await mentions(for: [m], in: conn)[id]

@@ -24,6 +24,26 @@ struct ChatsAndSeenTests {
         }
     }
 
+    /// Two people opening their chat at the same moment get the one chat, not a conflict.
+    @Test(arguments: Backend.all)
+    func bothSidesOpeningAChatAtOnceGetTheSameOne(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let answers = try await withThrowingTaskGroup(of: (Int, String?).self) { group in
+                for i in 0..<8 {
+                    let (me, other) = i % 2 == 0 ? (f.owner, f.member) : (f.member, f.owner)
+                    group.addTask {
+                        let r = try await api.postConcurrently("chats/CreateChat", ["user_ids": [other.id]], token: me.token)
+                        return (r.status.code, (r["chat"] as? [String: Any])?["id"] as? String)
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(answers.allSatisfy { $0.0 == 200 }, "\(answers)")
+            #expect(Set(answers.compactMap(\.1)).count == 1)
+        }
+    }
+
     @Test(arguments: Backend.all)
     func onlyParticipantsReadAndWrite(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in

@@ -26,6 +26,39 @@ struct ThreadsTests {
         }
     }
 
+    /// Edits and reactions racing a delete of the message or of its conversation: each answers
+    /// 200, 404 or 409 (never a crash or a 500), and a deleted message stays a tombstone.
+    @Test(arguments: Backend.all)
+    func changesRacingADeleteLeaveItDeleted(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            for round in 0..<20 {
+                let c = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Race \(round)"], token: f.member.token)
+                let conversation = try #require((c["conversation"] as? [String: Any])?["id"] as? String)
+                let id = "race-\(round)"
+                _ = try await api.say("original", in: conversation, as: f.member, id: id)
+                let deleteConversation = round % 2 == 1
+                let statuses = try await withThrowingTaskGroup(of: (String, Int).self) { group in
+                    group.addTask { ("edit", try await api.postConcurrently("threads/UpdateMessage", ["id": id, "text": "edited"], token: f.member.token).status.code) }
+                    group.addTask { ("react", try await api.postConcurrently("threads/AddReaction", ["message_id": id, "emoji": "👍"], token: f.owner.token).status.code) }
+                    group.addTask { ("delete", try await api.postConcurrently("threads/DeleteMessage", ["id": id], token: f.admin.token).status.code) }
+                    if deleteConversation {
+                        group.addTask { ("drop", try await api.postConcurrently("threads/DeleteConversation", ["id": conversation], token: f.member.token).status.code) }
+                    }
+                    return try await group.reduce(into: [String: Int]()) { $0[$1.0] = $1.1 }
+                }
+                for (call, status) in statuses { #expect([200, 404, 409].contains(status), "\(call): \(status)") }
+                let page = try await api.post("threads/ListMessages", ["conversation_id": conversation], token: f.owner.token)
+                if deleteConversation {
+                    #expect(page.status == .notFound)
+                } else {
+                    let m = try #require((page["messages"] as? [[String: Any]])?.first)
+                    #expect(m["deleted"] as? Bool == true && m["text"] as? String == "" && m["reactions"] == nil, "\(m)")
+                }
+            }
+        }
+    }
+
     @Test(arguments: Backend.all)
     func aRetriedSendStoresOneMessage(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in

@@ -78,6 +78,24 @@ public struct APIClient: Sendable {
             status: response.status, headers: response.headers, body: Data(buffer: response.body))
     }
 
+    /// `POST /v1/{path}` on a connection of its own. The shared client has one connection, on
+    /// which the server answers one request at a time: calls meant to race each other use this.
+    public func postConcurrently(_ path: String, _ json: [String: Any] = [:], token: String? = nil) async throws -> APIResponse {
+        let own = TestClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(30)))
+        own.connect()
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        let body = ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: json))
+        do {
+            let r = try await own.execute(.init("/v1/" + path, method: .post, headers: headers, body: body))
+            try? await own.shutdown()
+            return APIResponse(status: r.status, headers: r.headers, body: r.body.map { Data(buffer: $0) } ?? Data())
+        } catch {
+            try? await own.shutdown()
+            throw error
+        }
+    }
+
     public struct Account: Sendable {
         public let id: String
         public let email: String
