@@ -61,8 +61,10 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
             try await tx.query(
                 "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)",
                 id, owner, Role.owner.rawValue, now)
-            try await EventLog.append(tx, GroupCreated.event(group, audience: "group:\(id)"))
+            // The join first: it lets the owner's open feeds into the group's audience, so they
+            // get the group's creation too.
             try await EventLog.append(tx, MemberJoined.event(MemberEvent(groupId: id, userId: owner, role: .owner), audience: "group:\(id)"))
+            try await EventLog.append(tx, GroupCreated.event(group, audience: "group:\(id)"))
         }
         return GroupResponse(group: group)
     }
@@ -163,10 +165,14 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
                 throw ServiceError.conflict("a group always has an owner: hand ownership to someone else instead")
             }
             if req.role == .owner {
-                // One owner: the old one stays on as an admin.
-                try await tx.query(
-                    "UPDATE group_members SET role = $2 WHERE group_id = $1 AND role = $3",
-                    groupID, Role.admin.rawValue, Role.owner.rawValue)
+                // One owner: the old one stays on as an admin, and everyone hears of it.
+                let demoted = try await tx.query(
+                    "UPDATE group_members SET role = $2 WHERE group_id = $1 AND role = $3 AND user_id <> $4 RETURNING user_id",
+                    groupID, Role.admin.rawValue, Role.owner.rawValue, target)
+                for row in demoted {
+                    let old = MemberEvent(groupId: groupID, userId: try row.string("user_id"), role: .admin)
+                    try await EventLog.append(tx, MemberRoleChanged.event(old, audience: "group:\(groupID)"))
+                }
             }
             try await tx.query(
                 "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2", groupID, target, req.role.rawValue)

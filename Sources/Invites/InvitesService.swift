@@ -164,7 +164,7 @@ public struct InvitesService: ServiceDefinition {
         guard let invite = try await invite(where: "id = $1", try Validate.id(id, field: "id")) else {
             throw ServiceError.notFound("invite not found")
         }
-        if try await !isInvitee(invite, ctx.caller) {
+        if try await !isInvitee(invite, ctx.caller, verified: true) {
             do {
                 _ = try await groups.require(.admin, in: invite.groupId, caller: ctx.caller)
             } catch let e as ServiceError where e.status == .notFound {
@@ -183,8 +183,11 @@ public struct InvitesService: ServiceDefinition {
         guard let raw = req.email, !raw.isEmpty else { throw ServiceError.invalidField("group_id", "is required (or email)") }
         let email = try Validate.email(raw)
         if let uid = ctx.caller.userID {
-            let mine = try await users.users(ids: [uid])[uid]?.email?.lowercased()
-            guard mine == email.lowercased() else { throw ServiceError.forbidden("email: you may list only your own invites") }
+            // Listing hands out the codes: only to whoever has shown the address is theirs.
+            guard let me = try await users.users(ids: [uid])[uid], me.email?.lowercased() == email.lowercased() else {
+                throw ServiceError.forbidden("email: you may list only your own invites")
+            }
+            guard me.emailVerified == true else { throw ServiceError.forbidden("email: verify your address to see its invites") }
         }
         return InvitesResponse(invites: try await invites(where: "email_lower = $1", email.lowercased()))
     }
@@ -246,9 +249,12 @@ public struct InvitesService: ServiceDefinition {
         return invite
     }
 
-    func isInvitee(_ invite: Invite, _ caller: Caller) async throws -> Bool {
-        guard !invite.email.isEmpty, let uid = caller.userID else { return false }
-        return try await users.users(ids: [uid])[uid]?.email?.lowercased() == invite.email.lowercased()
+    /// Whether the caller's address is the invite's. Accepting needs the code besides, which
+    /// only the mail to that address carries; seeing the invite without the code (and so its
+    /// code) needs the address `verified`: anyone may sign up with an address they do not own.
+    func isInvitee(_ invite: Invite, _ caller: Caller, verified: Bool = false) async throws -> Bool {
+        guard !invite.email.isEmpty, let uid = caller.userID, let me = try await users.users(ids: [uid])[uid] else { return false }
+        return me.email?.lowercased() == invite.email.lowercased() && (!verified || me.emailVerified == true)
     }
 
     func invite(code: String) async throws -> Invite? {

@@ -87,6 +87,13 @@ struct GroupsTests {
             let handed = try await api.post("groups/SetRole", ["group_id": f.groupID, "member_id": f.admin.id, "role": "owner"], token: f.owner.token)
             #expect((handed["group"] as? [String: Any])?["owner_id"] as? String == f.admin.id)
             #expect(((handed["group"] as? [String: Any])?["admin_ids"] as? [String])?.contains(f.owner.id) == true)
+            // Both changes are told: the new owner's and the old owner's (now an admin).
+            let changes = try await api.database.read { conn in
+                try await conn.query("SELECT payload FROM events WHERE type = 'member.role_changed' ORDER BY seq").map { try $0.string("payload") }
+            }
+            let handover = changes.suffix(2).compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            #expect(Set(handover.map { "\($0["user_id"] as? String ?? "?")=\($0["role"] as? String ?? "?")" })
+                    == ["\(f.owner.id)=admin", "\(f.admin.id)=owner"])
             #expect(try await api.post("groups/RemoveMember", ["group_id": f.groupID], token: f.owner.token).status == .ok)
             // Only the owner deletes; then the group is gone for everyone.
             #expect(try await api.post("groups/Delete", ["id": f.groupID], token: f.owner.token).status == .notFound)

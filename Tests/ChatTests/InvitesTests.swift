@@ -48,7 +48,13 @@ struct InvitesTests {
             let invite = try #require(r["invite"] as? [String: Any])
             let code = try #require(invite["code"] as? String)
             #expect(invite["max_uses"] as? Int == 1)
-            // The invitee sees their invites, nobody else may list them.
+            // Listing or reading it hands out the code: not to someone who merely signed up with
+            // the address, only once it is verified; nobody else may list them.
+            #expect(try await api.post("invites/List", ["email": guest.email], token: guest.token).status == .forbidden)
+            #expect(try await api.post("invites/Read", ["id": invite["id"] as! String], token: guest.token).status == .notFound)
+            try await api.database.write { tx in
+                try await tx.query("UPDATE users SET email_verified_at = $2 WHERE id = $1", guest.id, Timestamp.now())
+            }
             let mine = try await api.post("invites/List", ["email": guest.email], token: guest.token)
             #expect((mine["invites"] as? [Any])?.count == 1)
             #expect(try await api.post("invites/List", ["email": guest.email], token: f.stranger.token).status == .forbidden)

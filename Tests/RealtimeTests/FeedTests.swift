@@ -87,6 +87,21 @@ struct FeedTests {
         }
     }
 
+    /// The creator's open feeds (their other devices) hear of a group they create.
+    @Test(arguments: Backend.all)
+    func aGroupsCreationReachesItsCreator(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let ada = try await api.signUp("Ada")
+            let feed = try await api.feed(ada)
+            _ = try await feed.next()
+            let r = try await api.post("groups/Create", ["name": "Book club"], token: ada.token)
+            let id = try #require((r["group"] as? [String: Any])?["id"] as? String)
+            let created = try await feed.next(where: { $0["event"] as? String == "group.created" })
+            #expect((created["data"] as? [String: Any])?["id"] as? String == id)
+            await feed.close()
+        }
+    }
+
     @Test(arguments: Backend.all)
     func membershipChangesTakeEffectAtOnce(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in
