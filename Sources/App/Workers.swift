@@ -54,10 +54,20 @@ extension Verteilt {
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
         let account = AccountEmails.functions(
             mailer: mailer, users: users, codes: CodesService(db: db), settings: settings, backoff: config.mail.retryBackoff)
-        guard config.mail.unreadDigest else { return [invite] + account }
+        let always = [invite, accountRemoval(groups: groups)] + account
+        guard config.mail.unreadDigest else { return always }
         let clients = UnreadDigest.Clients(chats: chats, threads: threads, groups: groups, seen: seen, users: users)
-        return [invite] + account + UnreadDigest.functions(
+        return always + UnreadDigest.functions(
             db: db, mailer: mailer, clients: clients, settings: settings, delay: config.mail.digestDelay)
+    }
+
+    /// `user.deleted`: the account leaves its groups, its owned ones passing to someone else.
+    /// A durable run, not part of the deletion: the users service does not reach into the groups
+    /// service's tables, and a failure here is retried rather than undoing the deletion.
+    static func accountRemoval(groups: any GroupsClient) -> WorkflowFunction {
+        WorkflowFunction("account-removal", on: Logged<UserDeleted>.self, retries: 8, idempotencyKey: { $0.payload.id }) { event, step in
+            try await step.run("leave-groups") { try await groups.removeAccount(event.payload.id) }
+        }
     }
 
     /// `verteilt worker`: the workflow engine without the HTTP server, until SIGINT or SIGTERM.

@@ -14,6 +14,10 @@ public protocol GroupsClient: Sendable {
     func join(groupID: String, userID: String) async throws -> Bool
     /// Which of `others` share at least one group with `viewer`.
     func coMembers(of viewer: String, among others: [String]) async throws -> Set<String>
+    /// Takes a deleted account out of every group (`user.deleted`): an owner's group passes to
+    /// its longest-standing admin, else member; a group left with nobody is deleted. Safe to
+    /// repeat: a retry finds less to do.
+    func removeAccount(_ userID: String) async throws
 }
 
 extension GroupsClient {

@@ -210,6 +210,39 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
         try await store.coMembers(of: viewer, among: others)
     }
 
+    public func removeAccount(_ userID: String) async throws {
+        for groupID in try await store.groupIDs(of: userID) {
+            try await db.write { tx in
+                let lock = tx.dialect == .postgres ? " FOR UPDATE" : ""
+                guard let row = try await tx.first(
+                    "SELECT role FROM group_members WHERE group_id = $1 AND user_id = $2\(lock)", groupID, userID)
+                else { return }
+                if try row.string("role") == Role.owner.rawValue {
+                    // The longest-standing admin inherits the group, else the longest-standing member.
+                    guard let heir = try await tx.first(
+                        """
+                        SELECT user_id FROM group_members WHERE group_id = $1 AND user_id <> $2
+                        ORDER BY CASE role WHEN 'admin' THEN 0 ELSE 1 END, joined_at, user_id LIMIT 1
+                        """, groupID, userID)?.string("user_id")
+                    else {
+                        // Nobody else: the group goes with its last member.
+                        try await tx.query("DELETE FROM group_members WHERE group_id = $1", groupID)
+                        try await tx.query("DELETE FROM chat_groups WHERE id = $1", groupID)
+                        try await EventLog.append(tx, GroupDeleted.event(Removed(id: groupID), audience: "group:\(groupID)"))
+                        return
+                    }
+                    try await tx.query(
+                        "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2", groupID, heir, Role.owner.rawValue)
+                    try await EventLog.append(
+                        tx, MemberRoleChanged.event(MemberEvent(groupId: groupID, userId: heir, role: .owner), audience: "group:\(groupID)"))
+                }
+                try await tx.query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2", groupID, userID)
+                try await EventLog.append(
+                    tx, MemberLeft.event(MemberEvent(groupId: groupID, userId: userID, role: nil), audience: "group:\(groupID)"))
+            }
+        }
+    }
+
     // MARK: Helpers
 
     func insertMember(groupID: String, userID: String) async throws -> Bool {
