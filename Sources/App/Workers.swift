@@ -54,11 +54,18 @@ extension Verteilt {
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
         let account = AccountEmails.functions(
             mailer: mailer, users: users, codes: CodesService(db: db), settings: settings, backoff: config.mail.retryBackoff)
-        let always = [invite, accountRemoval(groups: groups)] + account
+        let always = [invite, accountRemoval(groups: groups), groupRemoval(threads: threads)] + account
         guard config.mail.unreadDigest else { return always }
         let clients = UnreadDigest.Clients(chats: chats, threads: threads, groups: groups, seen: seen, users: users)
         return always + UnreadDigest.functions(
             db: db, mailer: mailer, clients: clients, settings: settings, delay: config.mail.digestDelay)
+    }
+
+    /// `group.deleted`: its conversations and their messages go too (the threads service's own).
+    static func groupRemoval(threads: any ThreadsClient) -> WorkflowFunction {
+        WorkflowFunction("group-removal", on: Logged<GroupDeleted>.self, retries: 8, idempotencyKey: { $0.payload.id }) { event, step in
+            try await step.run("conversations") { try await threads.removeGroup(event.payload.id) }
+        }
     }
 
     /// `user.deleted`: the account leaves its groups, its owned ones passing to someone else.

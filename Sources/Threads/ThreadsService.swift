@@ -85,6 +85,8 @@ public protocol ThreadsClient: Sendable {
     func unreadCounts(for user: String, since: [String: Timestamp?]) async throws -> [String: Int]
     /// Messages that mention `user`, sent after `after`, newest first (at most `limit`).
     func mentions(of user: String, after: Timestamp?, limit: Int) async throws -> [Message]
+    /// Deletes a deleted group's conversations and their messages (`group.deleted`).
+    func removeGroup(_ groupID: String) async throws
 }
 
 /// Group conversations (API.md `threads/*`): only a group's members read or write them.
@@ -186,6 +188,12 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         let c = Conversation(id: Secrets.uuid(), groupId: groupID, topic: topic, createdAt: .now(),
                              createdBy: ctx.caller.userID)
         try await db.write { tx in
+            // Counted after taking the log's lock: two creators cannot both take the last place.
+            try await EventLog.serialize(tx)
+            let count = try await tx.first("SELECT COUNT(*) AS n FROM conversations WHERE group_id = $1", groupID)?.int("n") ?? 0
+            guard count < Self.maxConversationsPerGroup else {
+                throw ServiceError.conflict("a group has at most \(Self.maxConversationsPerGroup) conversations: delete one first")
+            }
             try await tx.query(
                 "INSERT INTO conversations (id, group_id, topic, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
                 c.id, c.groupId, c.topic, c.createdBy, c.createdAt)
@@ -215,6 +223,9 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         }
         return ConversationResponse(conversation: updated)
     }
+
+    /// Every group page and unread count reads all of a group's conversations at once.
+    static let maxConversationsPerGroup = 500
 
     func deleteConversation(_ req: ConversationIDRequest, _ ctx: CallContext) async throws -> Empty {
         let (c, role) = try await readable(try Validate.id(req.id, field: "id"), ctx.caller)
@@ -352,6 +363,16 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
 
     public func mentions(of user: String, after: Timestamp?, limit: Int) async throws -> [Message] {
         try await board.mentioning(user, after: after, limit: limit)
+    }
+
+    public func removeGroup(_ groupID: String) async throws {
+        // One conversation per transaction: a big group's history does not hold the writer for long.
+        for c in try await conversations(inGroup: groupID) {
+            try await db.write { tx in
+                try await board.deleteAll(in: c.id, tx: tx)
+                try await tx.query("DELETE FROM conversations WHERE id = $1", c.id)
+            }
+        }
     }
 
     static func conversation(_ row: Row) throws -> Conversation {

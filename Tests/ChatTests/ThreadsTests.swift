@@ -1,4 +1,5 @@
 import Foundation
+import ServiceKit
 import Testing
 import TestSupport
 
@@ -23,6 +24,55 @@ struct ThreadsTests {
             #expect(try await api.post("threads/DeleteConversation", ["id": f.conversationID], token: f.member.token).status == .forbidden)
             #expect(try await api.post("threads/DeleteConversation", ["id": id], token: f.admin.token).status == .ok)
             #expect(try await api.post("threads/ReadConversation", ["id": id], token: f.owner.token).status == .notFound)
+        }
+    }
+
+    /// A group has at most 500 conversations (its page and unread counts read them all at once).
+    @Test(arguments: Backend.all)
+    func aGroupHasAtMost500Conversations(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            // The fixture's "General" and 498 more, written straight to the table.
+            try await api.database.write { tx in
+                for i in 0..<498 {
+                    try await tx.query(
+                        "INSERT INTO conversations (id, group_id, topic, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
+                        "filler-\(i)", f.groupID, "Topic \(i)", f.owner.id, Timestamp.now())
+                }
+            }
+            let last = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "The 500th"], token: f.member.token)
+            #expect(last.status == .ok)
+            let over = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "One too many"], token: f.member.token)
+            #expect(over.status == .conflict && over.isErrorShape)
+            #expect(over.detail == "a group has at most 500 conversations: delete one first")
+        }
+    }
+
+    /// A deleted group's conversations and messages are deleted with it.
+    @Test(arguments: Backend.all)
+    func aDeletedGroupsConversationsGoWithIt(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: {
+            $0.workers.enabled = true
+            $0.workers.engine.pollInterval = .milliseconds(100)
+        }) { api in
+            let f = try await api.fixture()
+            for i in 0..<3 { try await api.say("before \(i)", in: f.conversationID, as: f.member) }
+            let other = try await api.fixture()
+            try await api.say("elsewhere", in: other.conversationID, as: other.member)
+            #expect(try await api.post("groups/Delete", ["id": f.groupID], token: f.owner.token).status == .ok)
+            @Sendable func count(_ sql: String, _ key: String) async throws -> Int {
+                try await api.database.read { conn -> Int in
+                    guard let row = try await conn.first(sql, key) else { return -1 }
+                    return Int(try row.int("n"))
+                }
+            }
+            let conversations = "SELECT COUNT(*) AS n FROM conversations WHERE group_id = $1"
+            let messages = "SELECT COUNT(*) AS n FROM thread_messages m JOIN conversations c ON c.id = m.container_id WHERE c.group_id = $1"
+            try await eventually("the conversations gone", seconds: 30) { try await count(conversations, f.groupID) == 0 }
+            #expect(try await count("SELECT COUNT(*) AS n FROM thread_messages WHERE container_id = $1", f.conversationID) == 0)
+            // Another group's stay.
+            #expect(try await count(conversations, other.groupID) == 1)
+            #expect(try await count(messages, other.groupID) == 1)
         }
     }
 
