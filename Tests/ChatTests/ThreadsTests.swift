@@ -82,7 +82,7 @@ struct ThreadsTests {
     func changesRacingADeleteLeaveItDeleted(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in
             let f = try await api.fixture()
-            for round in 0..<20 {
+            for round in 0..<12 {
                 let c = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Race \(round)"], token: f.member.token)
                 let conversation = try #require((c["conversation"] as? [String: Any])?["id"] as? String)
                 let id = "race-\(round)"
