@@ -102,44 +102,6 @@ struct GroupsTests {
         }
     }
 
-    /// A deleted account leaves its groups: one it owned passes to its longest-standing admin
-    /// (else member), one nobody else is in goes with it.
-    @Test(arguments: Backend.all)
-    func aDeletedAccountLeavesItsGroups(_ backend: Backend) async throws {
-        try await withTestApp(backend, configure: {
-            $0.workers.enabled = true
-            $0.workers.engine.pollInterval = .milliseconds(100)
-        }) { api in
-            let f = try await api.fixture()
-            let solo = try await api.post("groups/Create", ["name": "Just me"], token: f.owner.token)
-            let soloID = try #require((solo["group"] as? [String: Any])?["id"] as? String)
-            let other = try await api.post("groups/Create", ["name": "Book club"], token: f.member.token)
-            let otherID = try #require((other["group"] as? [String: Any])?["id"] as? String)
-            try await api.add(f.owner, to: otherID, by: f.member)
-
-            #expect(try await api.post("users/Delete", [:], token: f.owner.token).status == .ok)
-            let key = try await api.serviceKey()
-            func group(_ id: String) async throws -> [String: Any]? {
-                (try await api.post("groups/Read", ["ids": [id]], token: key)["groups"] as? [String: Any])?[id] as? [String: Any]
-            }
-            try await eventually("the owner's group handed on", seconds: 30) {
-                try await group(f.groupID)?["owner_id"] as? String == f.admin.id
-            }
-            let inherited = try #require(try await group(f.groupID))
-            #expect((inherited["member_ids"] as? [String])?.contains(f.owner.id) == false)
-            #expect((inherited["admin_ids"] as? [String])?.contains(f.admin.id) == true)
-            try await eventually("the group with nobody else gone", seconds: 30) { try await group(soloID) == nil }
-            let stays = try #require(try await group(otherID))
-            #expect(stays["owner_id"] as? String == f.member.id)
-            #expect((stays["member_ids"] as? [String]) == [f.member.id])
-            // The members were told.
-            let told = try await api.database.read { conn in
-                try await conn.query("SELECT type FROM events WHERE payload LIKE $1 ORDER BY seq", "%\(f.owner.id)%").map { try $0.string("type") }
-            }
-            #expect(told.filter { $0 == "member.left" }.count == 2, "\(told)")
-        }
-    }
-
     @Test(arguments: Backend.all)
     func coMembersSeeEachOthersEmail(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in

@@ -48,34 +48,6 @@ struct ThreadsTests {
         }
     }
 
-    /// A deleted group's conversations and messages are deleted with it.
-    @Test(arguments: Backend.all)
-    func aDeletedGroupsConversationsGoWithIt(_ backend: Backend) async throws {
-        try await withTestApp(backend, configure: {
-            $0.workers.enabled = true
-            $0.workers.engine.pollInterval = .milliseconds(100)
-        }) { api in
-            let f = try await api.fixture()
-            for i in 0..<3 { try await api.say("before \(i)", in: f.conversationID, as: f.member) }
-            let other = try await api.fixture()
-            try await api.say("elsewhere", in: other.conversationID, as: other.member)
-            #expect(try await api.post("groups/Delete", ["id": f.groupID], token: f.owner.token).status == .ok)
-            @Sendable func count(_ sql: String, _ key: String) async throws -> Int {
-                try await api.database.read { conn -> Int in
-                    guard let row = try await conn.first(sql, key) else { return -1 }
-                    return Int(try row.int("n"))
-                }
-            }
-            let conversations = "SELECT COUNT(*) AS n FROM conversations WHERE group_id = $1"
-            let messages = "SELECT COUNT(*) AS n FROM thread_messages m JOIN conversations c ON c.id = m.container_id WHERE c.group_id = $1"
-            try await eventually("the conversations gone", seconds: 30) { try await count(conversations, f.groupID) == 0 }
-            #expect(try await count("SELECT COUNT(*) AS n FROM thread_messages WHERE container_id = $1", f.conversationID) == 0)
-            // Another group's stay.
-            #expect(try await count(conversations, other.groupID) == 1)
-            #expect(try await count(messages, other.groupID) == 1)
-        }
-    }
-
     /// Edits and reactions racing a delete of the message or of its conversation: each answers
     /// 200, 404 or 409 (never a crash or a 500), and a deleted message stays a tombstone.
     @Test(arguments: Backend.all)
