@@ -11,6 +11,7 @@ public final class SMTPSink: @unchecked Sendable {
     /// The self-signed certificate it presents when started with TLS (trust it as a CA).
     public let certificate: String?
     private var process: Process?
+    private var removesDirectory = true
 
     private init(port: Int, directory: URL, certificate: String?) {
         self.port = port
@@ -53,6 +54,8 @@ public final class SMTPSink: @unchecked Sendable {
             }.value
             if ready { return sink }
             sink.stop()
+            // The next attempt uses the same directory (and certificate): this one must not take it along.
+            sink.removesDirectory = false
         }
         throw ServerProcessError(description: "the SMTP sink did not start (is aiosmtpd installed? pip install aiosmtpd)")
     }
@@ -98,6 +101,6 @@ public final class SMTPSink: @unchecked Sendable {
 
     deinit {
         if let p = process { kill(p.processIdentifier, SIGKILL) }
-        try? FileManager.default.removeItem(at: directory)
+        if removesDirectory { try? FileManager.default.removeItem(at: directory) }
     }
 }
