@@ -100,11 +100,7 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
     func delete(_ req: GroupIDRequest, _ ctx: CallContext) async throws -> Empty {
         let id = try Validate.id(req.id, field: "id")
         _ = try await require(.owner, in: id, caller: ctx.caller)
-        try await db.write { tx in
-            try await tx.query("DELETE FROM group_members WHERE group_id = $1", id)
-            try await tx.query("DELETE FROM chat_groups WHERE id = $1", id)
-            try await EventLog.append(tx, GroupDeleted.event(Removed(id: id), audience: "group:\(id)"))
-        }
+        try await db.write { tx in try await Self.deleteGroup(id, in: tx) }
         return Empty()
     }
 
@@ -226,10 +222,7 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
                         """, groupID, userID)?.string("user_id")
                     else {
                         // Nobody else: the group goes with its last member.
-                        try await tx.query("DELETE FROM group_members WHERE group_id = $1", groupID)
-                        try await tx.query("DELETE FROM chat_groups WHERE id = $1", groupID)
-                        try await EventLog.append(tx, GroupDeleted.event(Removed(id: groupID), audience: "group:\(groupID)"))
-                        return
+                        return try await Self.deleteGroup(groupID, in: tx)
                     }
                     try await tx.query(
                         "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2", groupID, heir, Role.owner.rawValue)
@@ -260,6 +253,13 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
                 tx, MemberJoined.event(MemberEvent(groupId: groupID, userId: userID, role: .member), audience: "group:\(groupID)"))
             return true
         }
+    }
+
+    /// The group, its memberships, and the event that tells of it.
+    static func deleteGroup(_ id: String, in tx: Transaction) async throws {
+        try await tx.query("DELETE FROM group_members WHERE group_id = $1", id)
+        try await tx.query("DELETE FROM chat_groups WHERE id = $1", id)
+        try await EventLog.append(tx, GroupDeleted.event(Removed(id: id), audience: "group:\(id)"))
     }
 
     static func group(_ id: String, in tx: Transaction) async throws -> Group? {

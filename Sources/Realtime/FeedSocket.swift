@@ -74,7 +74,7 @@ struct FeedSocket: Sendable {
 
     // MARK: Server to client
 
-    /// Replays the events after `cursor` through the socket's writer (from the log itself when
+    /// Replays the events after `start` through the socket's writer (from the log itself when
     /// they are older than the bus's window), then lets the bus write to it. False when the
     /// connection was closed instead.
     func replay(_ feed: LiveFeed, from start: Int64, outbound: WebSocketOutboundWriter, logger: Logger) async -> Bool {

@@ -138,7 +138,7 @@ public final class Presence: Service, Sendable {
         let users = try await db.write { tx in
             try await tx.query("DELETE FROM presence WHERE updated_at <= $1 RETURNING user_id", stale).map { try $0.string("user_id") }
         }
-        for user in Set(users) where try await online([user]).isEmpty {
+        for user in try await Set(users).subtracting(online(users)) {
             await announce(user, online: false)
         }
     }

@@ -231,8 +231,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         let (c, role) = try await readable(try Validate.id(req.id, field: "id"), ctx.caller)
         try Self.requireCreatorOrAdmin(c, role, ctx.caller)
         try await db.write { tx in
-            try await board.deleteAll(in: c.id, tx: tx)
-            try await tx.query("DELETE FROM conversations WHERE id = $1", c.id)
+            try await removeConversation(c.id, in: tx)
             try await EventLog.append(
                 tx, ConversationDeleted.event(RemovedConversation(id: c.id, groupId: c.groupId), audience: "group:\(c.groupId)"))
         }
@@ -368,11 +367,14 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
     public func removeGroup(_ groupID: String) async throws {
         // One conversation per transaction: a big group's history does not hold the writer for long.
         for c in try await conversations(inGroup: groupID) {
-            try await db.write { tx in
-                try await board.deleteAll(in: c.id, tx: tx)
-                try await tx.query("DELETE FROM conversations WHERE id = $1", c.id)
-            }
+            try await db.write { tx in try await removeConversation(c.id, in: tx) }
         }
+    }
+
+    /// A conversation and its messages.
+    func removeConversation(_ id: String, in tx: Transaction) async throws {
+        try await board.deleteAll(in: id, tx: tx)
+        try await tx.query("DELETE FROM conversations WHERE id = $1", id)
     }
 
     static func conversation(_ row: Row) throws -> Conversation {

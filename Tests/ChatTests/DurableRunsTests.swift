@@ -1,3 +1,4 @@
+import App
 import Foundation
 import ServiceKit
 import Testing
@@ -7,14 +8,16 @@ import TestSupport
 /// `scripts/test` runs this suite with the other durable ones, not beside the ninety others.
 @Suite("durable runs: what follows a deletion")
 struct DurableRunsTests {
+    static let withWorkers: @Sendable (inout AppConfiguration) -> Void = {
+        $0.workers.enabled = true
+        $0.workers.engine.pollInterval = .milliseconds(100)
+    }
+
     /// A deleted account leaves its groups: one it owned passes to its longest-standing admin
     /// (else member), one nobody else is in goes with it.
     @Test(arguments: Backend.all)
     func aDeletedAccountLeavesItsGroups(_ backend: Backend) async throws {
-        try await withTestApp(backend, configure: {
-            $0.workers.enabled = true
-            $0.workers.engine.pollInterval = .milliseconds(100)
-        }) { api in
+        try await withTestApp(backend, configure: Self.withWorkers) { api in
             let f = try await api.fixture()
             let solo = try await api.post("groups/Create", ["name": "Just me"], token: f.owner.token)
             let soloID = try #require((solo["group"] as? [String: Any])?["id"] as? String)
@@ -49,10 +52,7 @@ struct DurableRunsTests {
     /// A deleted group's conversations and messages are deleted with it.
     @Test(arguments: Backend.all)
     func aDeletedGroupsConversationsGoWithIt(_ backend: Backend) async throws {
-        try await withTestApp(backend, configure: {
-            $0.workers.enabled = true
-            $0.workers.engine.pollInterval = .milliseconds(100)
-        }) { api in
+        try await withTestApp(backend, configure: Self.withWorkers) { api in
             let f = try await api.fixture()
             for i in 0..<3 { try await api.say("before \(i)", in: f.conversationID, as: f.member) }
             let other = try await api.fixture()
