@@ -62,10 +62,11 @@ public final class EventBus: Service, Sendable {
         case behind
     }
 
-    public enum ReadResult: Sendable {
-        case events([FeedEvent])
-        /// The cursor is older than the ring and the caller may not read the log.
-        case behind
+    public enum ReplayRead: Sendable {
+        /// Events after the cursor, through `through`: every one from the window; from the log
+        /// (`filtered`) only those to the reader's audiences and the membership changes that
+        /// could widen them.
+        case events([FeedEvent], through: Int64, filtered: Bool)
         /// The cursor is older than the retained log, or from the future: reload.
         case reload
     }
@@ -267,27 +268,33 @@ public final class EventBus: Service, Sendable {
         return Array(s.ring[lo..<min(s.ring.count, lo + limit)])
     }
 
-    /// Events after `cursor`, oldest first, at most `limit`.
-    func read(after cursor: Int64, limit: Int, allowDatabase: Bool) async throws -> ReadResult {
+    /// What a replay from `cursor` reads next, at most `limit` events: from the window when it
+    /// reaches back that far, else from the log, where only the events that may concern a reader
+    /// in `audiences` are read (a week-old cursor must not make the node decode everyone's).
+    func replay(after cursor: Int64, limit: Int, audiences: [String]) async throws -> ReplayRead {
         if cursor > head {
             // Ahead of this node's bus is not the future: the log may hold it already (read during
             // a replay, or a cursor from another node that saw the commit first). Nothing to read
             // until the bus gets there.
-            guard allowDatabase, cursor <= (try await EventLog.head(db)) else { return .reload }
-            return .events([])
+            guard cursor <= (try await EventLog.head(db)) else { return .reload }
+            return .events([], through: cursor, filtered: false)
         }
-        switch window(after: cursor, limit: limit) {
-        case .events(let e): return .events(e)
-        case .behind:
-            guard allowDatabase else { return .behind }
-            func pruned() async throws -> Bool { (try await EventLog.oldest(db)).map { cursor < $0 - 1 } ?? false }
-            if try await pruned() { return .reload }
-            let events = try await EventLog.read(db, after: cursor, limit: limit)
-            // Pruned between the two reads: what was read may start after a gap.
-            if try await pruned() { return .reload }
-            return .events(events.map { FeedEvent($0, names: audienceNames) })
+        if case .events(let e) = window(after: cursor, limit: limit) {
+            return .events(e, through: e.last?.seq ?? cursor, filtered: false)
         }
+        func pruned() async throws -> Bool { (try await EventLog.oldest(db)).map { cursor < $0 - 1 } ?? false }
+        if try await pruned() { return .reload }
+        // Very many audiences (thousands of chats) would outgrow a statement's parameters: such
+        // a reader reads everything, as every reader once did.
+        let (events, through) = try await EventLog.read(
+            db, after: cursor, audiences: audiences.count <= Self.filteredAudiences ? audiences : nil,
+            types: MembershipChange.wideningTypes, limit: limit)
+        // Pruned between the two reads: what was read may start after a gap.
+        if try await pruned() { return .reload }
+        return .events(events.map { FeedEvent($0, names: audienceNames) }, through: through, filtered: true)
     }
+
+    static let filteredAudiences = 2000
 
     /// Pings every live connection and drops those that have sent nothing (not even a pong)
     /// for two heartbeats.

@@ -70,6 +70,22 @@ public enum MembershipChange: Sendable, Equatable {
         }
     }
 
+    /// The types of the events that can add audiences to a user whose events they do not go
+    /// to (a join goes to the group, a new chat to the chat): a replay filtered by the user's
+    /// audiences reads these too. A role change goes to a group the user is in already.
+    static let wideningTypes = [MemberJoined.name, ChatCreated.name]
+
+    /// Whether this event adds audiences to `user`: what a filtered replay read after it was
+    /// filtered by too few.
+    func widens(user: String) -> Bool {
+        switch self {
+        case .joined(_, let u, _): return u == user
+        case .roleChanged(_, let u, let role): return u == user && role >= .admin
+        case .chatCreated(_, let users): return users.contains(user)
+        default: return false
+        }
+    }
+
     /// Whether this event takes topics under `root` from `user` (see `StreamsService`): their
     /// group's, when they leave it or it is deleted.
     func revokes(topicRoot root: String, of user: String) -> Bool {

@@ -82,15 +82,13 @@ struct FeedSocket: Sendable {
         do {
             try await outbound.writeTextMessage(#"{"type":"ready","cursor":\#(cursor)}"#)
             replay: while true {
-                switch try await bus.read(after: cursor, limit: 500, allowDatabase: true) {
+                let audiences = feed.audiences.withLock { Array($0.names) }
+                switch try await bus.replay(after: cursor, limit: 500, audiences: audiences) {
                 case .reload:
                     cursor = bus.head
                     try await outbound.writeTextMessage(#"{"type":"reload","cursor":\#(cursor)}"#)
-                case .behind:
-                    await feed.end(code: FeedCloseCode.resume, reason: "resume from your cursor")
-                    return false
-                case .events(let events):
-                    if events.isEmpty { break replay }
+                case .events(let events, let through, let filtered):
+                    if events.isEmpty && through <= cursor { break replay }
                     for e in events {
                         if e.change?.ends(user: feed.user, session: feed.session) == true {
                             await feed.end(code: FeedCloseCode.signedOut, reason: "signed out")
@@ -100,7 +98,10 @@ struct FeedSocket: Sendable {
                             try await outbound.write(.custom(.init(fin: true, opcode: .text, data: e.frame)))
                         }
                         cursor = e.seq
+                        // What follows was read for the audiences before this event: read it again.
+                        if filtered, e.change?.widens(user: feed.user) == true { continue replay }
                     }
+                    cursor = max(cursor, through)
                 }
             }
             await feed.goLive(from: cursor, bus: bus)

@@ -194,9 +194,7 @@ public struct RealtimeGateway: Sendable {
             var iterator = signals.makeAsyncIterator()
             while true {
                 drain: while true {
-                    switch try await bus.read(after: cursor, limit: 500, allowDatabase: false) {
-                    case .reload:
-                        cursor = bus.head
+                    switch bus.window(after: cursor, limit: 500) {
                     case .behind:
                         try await outbound.close(.unknown(FeedCloseCode.resume), reason: "too slow")
                         return

@@ -87,6 +87,38 @@ public enum EventLog {
         }
     }
 
+    /// Events after `seq` that go to one of `audiences` or are of one of `types` (every one when
+    /// `audiences` is nil), oldest first, at most `limit`; `through` is how far the log was read:
+    /// the last event's seq when the page is full, else the head the read saw (appenders are
+    /// serialised, so nothing at or before it can commit later). A reader catching up reads only
+    /// what may concern it, not everyone's events.
+    public static func read(
+        _ db: any Database, after seq: Int64, audiences: [String]?, types: [String], limit: Int
+    ) async throws -> (events: [Event], through: Int64) {
+        try await db.read { conn in
+            let head = try await conn.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
+            guard head > seq else { return ([], seq) }
+            var binds: [any SQLBindable] = [seq, head, limit]
+            var filter = ""
+            if let audiences {
+                var matches: [String] = []
+                for (column, values) in [("audience", audiences), ("type", types)] where !values.isEmpty {
+                    matches.append("\(column) IN (\(SQL.list(values.count, from: binds.count + 1)))")
+                    binds += values as [any SQLBindable]
+                }
+                guard !matches.isEmpty else { return ([], head) }
+                filter = " AND (\(matches.joined(separator: " OR ")))"
+            }
+            let events = try await conn.query(
+                """
+                SELECT seq, type, audience, payload, created_at FROM events
+                WHERE seq > $1 AND seq <= $2\(filter) ORDER BY seq LIMIT $3
+                """, binds
+            ).map(Self.event)
+            return (events, events.count == limit ? events[events.count - 1].seq : head)
+        }
+    }
+
     /// The newest sequence number, 0 for an empty log.
     public static func head(_ db: any Database) async throws -> Int64 {
         try await db.read { conn in

@@ -28,21 +28,21 @@ struct EventBusTests {
             let head = bus.head
             #expect(head >= 20)
 
-            guard case .behind = try await bus.read(after: head - 10, limit: 100, allowDatabase: false) else {
+            guard case .behind = bus.window(after: head - 10, limit: 100) else {
                 Issue.record("a live reader 10 behind a 5-event window must be told it is behind")
                 return
             }
-            guard case .events(let replay) = try await bus.read(after: head - 10, limit: 100, allowDatabase: true) else {
+            guard case .events(let replay, let through, true) = try await bus.replay(after: head - 10, limit: 100, audiences: ["user:u"]) else {
                 Issue.record("a replaying reader reads the log")
                 return
             }
-            #expect(replay.map(\.seq) == Array((head - 9)...head))
-            guard case .events(let recent) = try await bus.read(after: head - 2, limit: 100, allowDatabase: false) else {
+            #expect(replay.map(\.seq) == Array((head - 9)...head) && through == head)
+            guard case .events(let recent) = bus.window(after: head - 2, limit: 100) else {
                 Issue.record("a reader within the window reads the ring")
                 return
             }
             #expect(recent.map(\.seq) == [head - 1, head])
-            guard case .events(let none) = try await bus.read(after: head, limit: 100, allowDatabase: false) else {
+            guard case .events(let none) = bus.window(after: head, limit: 100) else {
                 Issue.record("a reader at the head gets nothing")
                 return
             }
@@ -59,7 +59,7 @@ struct EventBusTests {
             }
             try await db.write { tx in try await EventLog.append(tx, NoteLogged.event(Note(n: 20), audience: "user:u")) }
             try await fresh.catchUp()
-            guard case .events(let afterGap) = try await fresh.read(after: head, limit: 100, allowDatabase: false) else {
+            guard case .events(let afterGap) = fresh.window(after: head, limit: 100) else {
                 Issue.record("a gap in the sequence is not falling behind")
                 return
             }
@@ -67,6 +67,40 @@ struct EventBusTests {
             // The frame is encoded once, with the cursor and the payload as stored.
             let frame = String(buffer: recent[1].frame)
             #expect(frame == #"{"type":"event","cursor":\#(head),"event":"note","data":{"n":19}}"#)
+        }
+    }
+
+    /// A replay older than the window reads from the log only the reader's audiences' events
+    /// and the joins and new chats that could add to them, and says how far it read.
+    @Test(arguments: Backend.all)
+    func aReplayFromTheLogReadsOnlyWhatMayConcernTheReader(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend) { db in
+            let bus = EventBus(db: db, capacity: 2, logger: TestDatabase.logger)
+            try await bus.prepare()
+            let start = bus.head
+            var seqs: [String: Int64] = [:]
+            for (n, (type, audience)) in [
+                ("note", "user:u"), ("note", "group:x"), ("member.joined", "group:x"), ("note", "group:x"),
+                ("chat.created", "chat:c"), ("note", "user:u"), ("note", "group:y"), ("note", "group:y"),
+            ].enumerated() {
+                seqs["\(n)"] = try await db.write { tx in
+                    try await EventLog.append(tx, type: type, audience: audience, payload: Note(n: n))
+                }
+            }
+            try await bus.catchUp()
+            #expect(bus.head == seqs["7"])
+            guard case .events(let mine, let through, true) = try await bus.replay(after: start, limit: 100, audiences: ["user:u"]) else {
+                Issue.record("a cursor older than the window is read from the log")
+                return
+            }
+            #expect(mine.map(\.seq) == [seqs["0"], seqs["2"], seqs["4"], seqs["5"]])
+            #expect(through == bus.head, "read to the head, past the others' last events")
+            // A full page reads only as far as its last event.
+            guard case .events(let page, let pageEnd, true) = try await bus.replay(after: start, limit: 2, audiences: ["user:u"]) else {
+                Issue.record("a page from the log")
+                return
+            }
+            #expect(page.map(\.seq) == [seqs["0"], seqs["2"]] && pageEnd == seqs["2"])
         }
     }
 
@@ -82,7 +116,7 @@ struct EventBusTests {
                 try await EventLog.append(tx, NoteLogged.event(Note(n: 2), audience: "user:u"))
             }
             #expect(bus.head == start + 2, "taken at the commit: nothing has read the log")
-            guard case .events(let taken) = try await bus.read(after: start, limit: 10, allowDatabase: false) else {
+            guard case .events(let taken) = bus.window(after: start, limit: 10) else {
                 Issue.record("the committed events are in the window")
                 return
             }
@@ -125,17 +159,17 @@ struct EventBusTests {
             }
             let logHead = try await EventLog.head(db)
             #expect(bus.head == start && logHead == start + 3)
-            guard case .events(let none) = try await bus.read(after: logHead, limit: 100, allowDatabase: true) else {
+            guard case .events(let none, through: logHead, _) = try await bus.replay(after: logHead, limit: 100, audiences: ["user:u"]) else {
                 Issue.record("a cursor the log has is no reason to reload")
                 return
             }
             #expect(none.isEmpty)
-            guard case .reload = try await bus.read(after: logHead + 100, limit: 100, allowDatabase: true) else {
+            guard case .reload = try await bus.replay(after: logHead + 100, limit: 100, audiences: ["user:u"]) else {
                 Issue.record("a cursor past the log's head is from the future")
                 return
             }
             try await bus.catchUp()
-            guard case .events(let caught) = try await bus.read(after: start, limit: 100, allowDatabase: false) else {
+            guard case .events(let caught) = bus.window(after: start, limit: 100) else {
                 Issue.record("once caught up, the bus has them")
                 return
             }

@@ -67,6 +67,52 @@ struct FeedTests {
         }
     }
 
+    /// A resume older than the bus's window reads the log for the user's audiences only; a join
+    /// or a new chat met on the way widens what is read after it, a removal narrows it.
+    @Test(arguments: Backend.all)
+    func aResumeFromTheLogFollowsMembershipChanges(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: { $0.realtime.window = 3 }) { api in
+            let f = try await api.fixture()
+            let newcomer = try await api.signUp("New")
+            let first = try await api.feed(newcomer)
+            let ready = try await first.next()
+            let cursor = try #require(ready["cursor"] as? Int)
+            await first.close()
+
+            // While the newcomer is away: the group talks, adds them, talks on (more than the
+            // window), a member opens a chat with them, the group removes them and talks on, the
+            // chat goes on.
+            for i in 0..<3 { try await api.say("before \(i)", in: f.conversationID, as: f.owner, id: "b\(i)") }
+            try await api.add(newcomer, to: f.groupID, by: f.owner)
+            for i in 0..<3 { try await api.say("during \(i)", in: f.conversationID, as: f.owner, id: "d\(i)") }
+            let chat = try await api.post("chats/CreateChat", ["user_ids": [newcomer.id]], token: f.member.token)
+            let chatID = try #require((chat["chat"] as? [String: Any])?["id"] as? String, "\(chat.text)")
+            #expect(try await api.post("chats/CreateMessage", ["chat_id": chatID, "text": "hi", "id": "c0"], token: f.member.token).status == .ok)
+            for i in 3..<5 { try await api.say("during \(i)", in: f.conversationID, as: f.owner, id: "d\(i)") }
+            _ = try await api.post("groups/RemoveMember", ["group_id": f.groupID, "member_id": newcomer.id], token: f.owner.token)
+            for i in 0..<3 { try await api.say("after \(i)", in: f.conversationID, as: f.owner, id: "a\(i)") }
+            #expect(try await api.post("chats/CreateMessage", ["chat_id": chatID, "text": "still", "id": "c1"], token: f.member.token).status == .ok)
+            for i in 0..<5 { try await api.say("later \(i)", in: f.conversationID, as: f.owner, id: "l\(i)") }
+            _ = try await api.post("users/Update", ["first_name": "Marker"], token: newcomer.token)
+
+            let resumed = try await api.feed(newcomer, since: Int64(cursor))
+            _ = try await resumed.next()
+            var got: [String] = []
+            var cursors: [Int] = []
+            while true {
+                let e = try await resumed.next()
+                let event = e["event"] as? String ?? "?"
+                cursors.append(e["cursor"] as? Int ?? 0)
+                if event == "user.updated" { break }
+                let data = e["data"] as? [String: Any]
+                got.append(event == "message.created" ? data?["id"] as? String ?? "?" : event)
+            }
+            #expect(got == ["member.joined", "d0", "d1", "d2", "chat.created", "c0", "d3", "d4", "member.left", "c1"])
+            #expect(cursors == cursors.sorted() && Set(cursors).count == cursors.count)
+            await resumed.close()
+        }
+    }
+
     @Test(arguments: Backend.all)
     func aCursorOlderThanTheLogMeansReload(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in
