@@ -227,7 +227,7 @@ let package = Package(
         .testTarget(
             name: "RealtimeTests",
             dependencies: [
-                "TestSupport", "ServiceKit", "Realtime", "Storage",
+                "TestSupport", "ServiceKit", "Realtime", "Storage", "Groups", "Chats",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "NIOPosix", package: "swift-nio"),

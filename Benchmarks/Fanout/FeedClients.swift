@@ -58,7 +58,7 @@ final class FeedClients: @unchecked Sendable {
     init(count: Int, port: Int, tokens: [String], readers readerCount: Int) throws {
         var conns: [[Connection]] = Array(repeating: [], count: readerCount)
         for i in 0..<count {
-            let (fd, leftover) = try Self.open(port: port, token: tokens[i % tokens.count])
+            let (fd, leftover, _) = try Self.open(port: port, token: tokens[i % tokens.count])
             conns[i % readerCount].append(Connection(fd: fd, pending: leftover))
         }
         readers = conns.map { Reader(connections: $0) }
@@ -151,9 +151,9 @@ final class FeedClients: @unchecked Sendable {
     /// without a cursor gets the events after the one its `ready` names, so a message sent
     /// between the 101 and that frame would not be this connection's (the web app passes its
     /// page's cursor instead): the senders start only when every connection is ready.
-    static func open(port: Int, token: String) throws -> (Int32, [UInt8]) {
+    static func open(port: Int, token: String, since: Int64? = nil) throws -> (fd: Int32, rest: [UInt8], cursor: Int64) {
         let fd = try connectLoopback(port: port)
-        let request = "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        let request = "GET /v1/events\(since.map { "?since=\($0)" } ?? "") HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer \(token)\r\n\r\n"
         let bytes = Array(request.utf8)
         guard write(fd, bytes, bytes.count) == bytes.count else { throw HarnessError(description: "write: upgrade") }
@@ -177,7 +177,8 @@ final class FeedClients: @unchecked Sendable {
                     rest.removeFirst(size)
                     if text.contains(#""type":"ready""#) {
                         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                        return (fd, rest)
+                        let cursor = text.split(separator: ":").last.flatMap { Int64($0.dropLast()) } ?? 0
+                        return (fd, rest, cursor)
                     }
                     continue
                 }

@@ -1,10 +1,12 @@
 // Fan-out: N WebSocket clients in one group, a sender posting through the HTTP API at a fixed
 // rate; send-to-deliver latency, deliveries per second, and the server's memory. Or, with
-// --idle, memory per open idle connection.
+// --idle, memory per open idle connection; or, with --resume, what a reconnect from an old cursor
+// costs.
 //
 //   swift build -c release --product verteilt --product fanout-bench
 //   .build/release/fanout-bench --clients 1000 --rate 100 --seconds 10
 //   .build/release/fanout-bench --idle 10000
+//   .build/release/fanout-bench --resume 30000
 //
 // The server is a separate `verteilt serve` process (the release binary beside this one), so its
 // RSS and CPU time are its own. Latency is taken from the send time written into each message to
@@ -36,6 +38,10 @@ struct Options {
     var noWorkers = false
     /// A file to write each message's send time (ns) and first and last delivery (µs) to.
     var trace: String?
+    /// Resume mode: how many events of other people's groups lie between a user's cursor and now.
+    var resume: Int?
+    /// The server binary (default: the `verteilt` beside this one), to compare two builds.
+    var server: String?
 
     init() {
         var args = CommandLine.arguments.dropFirst().makeIterator()
@@ -50,6 +56,8 @@ struct Options {
             case "--database": database = args.next()!; keepDatabase = true
             case "--no-workers": noWorkers = true
             case "--trace": trace = args.next()!
+            case "--resume": resume = Int(args.next()!)!
+            case "--server": server = args.next()!
             default: fatalError("unknown option \(a)")
             }
         }
@@ -95,7 +103,8 @@ func http(_ port: Int, _ path: String, _ json: [String: Any], token: String? = n
 
 let options = Options()
 raiseFileLimit()
-let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("verteilt").path
+let binary = options.server
+    ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("verteilt").path
 // A service key creates the accounts: sign-up's per-address rate limit is for people.
 let keys = Process()
 keys.executableURL = URL(fileURLWithPath: binary)
@@ -139,6 +148,27 @@ let code = (invite["invite"] as! [String: Any])["code"] as! String
 for t in users.dropFirst() { _ = try await http(options.port, "/v1/invites/Accept", ["code": code], token: t) }
 let conv = try await http(options.port, "/v1/threads/CreateConversation", ["group_id": groupID, "topic": "load"], token: sender)
 let conversationID = (conv["conversation"] as! [String: Any])["id"] as! String
+
+if let noise = options.resume {
+    // A user's cursor, then their group's messages, then a busy day in a group they are not in.
+    let own = 100
+    let (fd, _, cursor) = try FeedClients.open(port: options.port, token: sender)
+    close(fd)
+    try Senders(port: options.port).run(total: own, rate: 1000, conversationID: conversationID, tokens: [sender])
+    let other = users[1]
+    let elsewhere = try await http(options.port, "/v1/groups/Create", ["name": "Elsewhere"], token: other)
+    let elsewhereID = (elsewhere["group"] as! [String: Any])["id"] as! String
+    let busy = try await http(options.port, "/v1/threads/CreateConversation", ["group_id": elsewhereID, "topic": "busy"], token: other)
+    let busyID = (busy["conversation"] as! [String: Any])["id"] as! String
+    try Senders(port: options.port).run(total: noise, rate: 1e9, conversationID: busyID, tokens: Array(repeating: other, count: 4))
+    let times = 20
+    let cpuBefore = cpuSeconds(server.processIdentifier)
+    let ms = try Resume.measure(port: options.port, token: sender, since: cursor, expected: own, times: times)
+    let cpu = (cpuSeconds(server.processIdentifier) - cpuBefore) / Double(times)
+    print("| resume past \(noise) others' events | \(own) own | \(String(format: "%.1f", ms)) ms per resume | server CPU \(String(format: "%.1f", cpu * 1000)) ms per resume |")
+    finish()
+    exit(0)
+}
 
 let count = options.idle ?? options.clients
 let clients = try FeedClients(count: count, port: options.port, tokens: users, readers: 2)

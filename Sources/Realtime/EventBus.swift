@@ -285,13 +285,18 @@ public final class EventBus: Service, Sendable {
         func pruned() async throws -> Bool { (try await EventLog.oldest(db)).map { cursor < $0 - 1 } ?? false }
         if try await pruned() { return .reload }
         // Very many audiences (thousands of chats) would outgrow a statement's parameters: such
-        // a reader reads everything, as every reader once did.
-        let (events, through) = try await EventLog.read(
-            db, after: cursor, audiences: audiences.count <= Self.filteredAudiences ? audiences : nil,
-            types: MembershipChange.wideningTypes, limit: limit)
+        // a reader reads everyone's events.
+        let filtered = audiences.count <= Self.filteredAudiences
+        var (events, through) = ([Event](), cursor)
+        if filtered {
+            (events, through) = try await EventLog.read(db, after: cursor, audiences: audiences, limit: limit)
+        } else {
+            events = try await EventLog.read(db, after: cursor, limit: limit)
+            through = events.last?.seq ?? cursor
+        }
         // Pruned between the two reads: what was read may start after a gap.
         if try await pruned() { return .reload }
-        return .events(events.map { FeedEvent($0, names: audienceNames) }, through: through, filtered: true)
+        return .events(events.map { FeedEvent($0, names: audienceNames) }, through: through, filtered: filtered)
     }
 
     static let filteredAudiences = 2000

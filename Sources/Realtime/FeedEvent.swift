@@ -70,11 +70,6 @@ public enum MembershipChange: Sendable, Equatable {
         }
     }
 
-    /// The types of the events that can add audiences to a user whose events they do not go
-    /// to (a join goes to the group, a new chat to the chat): a replay filtered by the user's
-    /// audiences reads these too. A role change goes to a group the user is in already.
-    static let wideningTypes = [MemberJoined.name, ChatCreated.name]
-
     /// Whether this event adds audiences to `user`: what a filtered replay read after it was
     /// filtered by too few.
     func widens(user: String) -> Bool {

@@ -27,6 +27,18 @@ public enum EventLog {
         "CREATE INDEX events_audience ON events (audience, seq)",
     ])
 
+    /// The events a filtered read takes whatever their audience (`read(_:after:audiences:limit:)`),
+    /// indexed by themselves: a partial index that other events' inserts do not touch.
+    static let wideningMigration = Migration(service: "events", version: 2, [
+        "CREATE INDEX events_widening ON events (seq) WHERE \(wideningFilter)",
+    ])
+
+    /// The types of the events that can give a user new audiences (a join goes to the group, a
+    /// new chat to the chat, where the user was not yet). Spelled out, not bound: a query uses
+    /// the partial index only when its condition is the index's own, word for word.
+    public static let wideningTypes = ["member.joined", "chat.created"]
+    static let wideningFilter = "type IN (\(wideningTypes.map { "'\($0)'" }.joined(separator: ", ")))"
+
     /// Appends an event inside `tx` and returns its sequence number. Services log typed events
     /// (`append(_:_:)` with a `DomainEvent`), so the compiler checks every event's shape.
     @discardableResult
@@ -87,37 +99,43 @@ public enum EventLog {
         }
     }
 
-    /// Events after `seq` that go to one of `audiences` or are of one of `types` (every one when
-    /// `audiences` is nil), oldest first, at most `limit`; `through` is how far the log was read:
-    /// the last event's seq when the page is full, else the head the read saw (appenders are
-    /// serialised, so nothing at or before it can commit later). A reader catching up reads only
-    /// what may concern it, not everyone's events.
+    /// Events after `seq` that go to one of `audiences` or could widen them (`wideningTypes`),
+    /// oldest first, at most `limit` of each. `through` is how far the log was read: the last event's seq
+    /// when a page is full, else the end of the span read or the head the read saw (appenders are
+    /// serialised, so nothing at or before it can commit later). Both parts are read through an
+    /// index: a reader catching up after a day reads its own events, not the day's.
     public static func read(
-        _ db: any Database, after seq: Int64, audiences: [String]?, types: [String], limit: Int
+        _ db: any Database, after seq: Int64, audiences: [String], limit: Int
     ) async throws -> (events: [Event], through: Int64) {
         try await db.read { conn in
             let head = try await conn.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
             guard head > seq else { return ([], seq) }
-            var binds: [any SQLBindable] = [seq, head, limit]
-            var filter = ""
-            if let audiences {
-                var matches: [String] = []
-                for (column, values) in [("audience", audiences), ("type", types)] where !values.isEmpty {
-                    matches.append("\(column) IN (\(SQL.list(values.count, from: binds.count + 1)))")
-                    binds += values as [any SQLBindable]
-                }
-                guard !matches.isEmpty else { return ([], head) }
-                filter = " AND (\(matches.joined(separator: " OR ")))"
+            // A span of the log at a time: each part's rows are sorted before the limit applies,
+            // which must not mean all of a busy group's events since a week-old cursor.
+            let upper = min(head, seq + filteredSpan)
+            var parts: [(filter: String, binds: [any SQLBindable])] = [(wideningFilter, [])]
+            if !audiences.isEmpty { parts.append(("audience IN (\(SQL.list(audiences.count, from: 4)))", audiences)) }
+            var through = upper
+            var events: [Int64: Event] = [:]
+            for part in parts {
+                let page = try await conn.query(
+                    """
+                    SELECT seq, type, audience, payload, created_at FROM events
+                    WHERE \(part.filter) AND seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3
+                    """,
+                    [seq, upper, limit] + part.binds
+                ).map(Self.event)
+                // A full page says nothing past its last event.
+                if page.count == limit { through = min(through, page[limit - 1].seq) }
+                // A join to one of the audiences is in both parts.
+                for e in page { events[e.seq] = e }
             }
-            let events = try await conn.query(
-                """
-                SELECT seq, type, audience, payload, created_at FROM events
-                WHERE seq > $1 AND seq <= $2\(filter) ORDER BY seq LIMIT $3
-                """, binds
-            ).map(Self.event)
-            return (events, events.count == limit ? events[events.count - 1].seq : head)
+            return (events.values.filter { $0.seq <= through }.sorted { $0.seq < $1.seq }, through)
         }
     }
+
+    /// How much of the log one filtered read looks at.
+    static let filteredSpan: Int64 = 20_000
 
     /// The newest sequence number, 0 for an empty log.
     public static func head(_ db: any Database) async throws -> Int64 {

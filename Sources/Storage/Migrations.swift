@@ -41,7 +41,7 @@ public enum Migrator {
     /// several nodes at once: on PostgreSQL they queue on an advisory lock.
     @discardableResult
     public static func migrate(_ db: any Database, _ migrations: [Migration]) async throws -> [String] {
-        let all = [EventLog.migration] + migrations
+        let all = [EventLog.migration, EventLog.wideningMigration] + migrations
         try await db.write { tx in
             try await tx.query("""
                 CREATE TABLE IF NOT EXISTS schema_migrations (

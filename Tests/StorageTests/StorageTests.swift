@@ -24,8 +24,8 @@ struct StorageTests {
         try await TestDatabase.with(backend, migrations: [notes]) { db in
             let first = try await Migrator.migrate(db, [notes])
             #expect(first.isEmpty)  // `with` already applied them
-            let rows = try await db.read { try await $0.query("SELECT service, version FROM schema_migrations ORDER BY service") }
-            #expect(try rows.map { try $0.string("service") } == ["events", "notes"])
+            let rows = try await db.read { try await $0.query("SELECT service, version FROM schema_migrations ORDER BY service, version") }
+            #expect(try rows.map { "\(try $0.string("service")) v\(try $0.int("version"))" } == ["events v1", "events v2", "notes v1"])
             let v2 = Migration(service: "notes", version: 2, ["CREATE INDEX notes_n ON notes (n)"])
             #expect(try await Migrator.migrate(db, [notes, v2]) == ["notes v2"])
             #expect(try await Migrator.migrate(db, [notes, v2]).isEmpty)
