@@ -61,7 +61,8 @@ public struct Verteilt: Sendable {
         let mailer = Mailer(from: config.mail.from, transport: transport)
         let workflows = WorkflowEngine(
             db: db, functions: workflowFunctions(
-                config, db: db, mailer: mailer, groups: groups, users: directory, threads: threads, chats: chats, seen: seen),
+                config, db: db, mailer: mailer, groups: groups, users: directory, threads: threads, chats: chats, seen: seen,
+                invites: invites),
             configuration: config.workers.engine, logger: logger)
         let registry = ServiceRegistry([
             users, CodesService(db: db), groups, invites, threads, chats, seen, streams,

@@ -3,6 +3,7 @@ import Codes
 import Emails
 import Foundation
 import Groups
+import Invites
 import Logging
 import Mail
 import Seen
@@ -47,33 +48,42 @@ extension Verteilt {
     /// Every durable function the product runs.
     static func workflowFunctions(
         _ config: AppConfiguration, db: any Database, mailer: Mailer, groups: any GroupsClient, users: any UsersClient,
-        threads: any ThreadsClient, chats: any ChatsClient, seen: any SeenClient
+        threads: any ThreadsClient, chats: any ChatsClient, seen: any SeenClient, invites: any InvitesClient
     ) -> [WorkflowFunction] {
         let settings = EmailSettings(publicURL: config.publicURL)
         let invite = InviteEmail.function(
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
         let account = AccountEmails.functions(
             mailer: mailer, users: users, codes: CodesService(db: db), settings: settings, backoff: config.mail.retryBackoff)
-        let always = [invite, accountRemoval(groups: groups), groupRemoval(threads: threads)] + account
+        let always = [invite, accountRemoval(groups: groups, seen: seen), groupRemoval(threads: threads, seen: seen, invites: invites)]
+            + account
         guard config.mail.unreadDigest else { return always }
         let clients = UnreadDigest.Clients(chats: chats, threads: threads, groups: groups, seen: seen, users: users)
         return always + UnreadDigest.functions(
             db: db, mailer: mailer, clients: clients, settings: settings, delay: config.mail.digestDelay)
     }
 
-    /// `group.deleted`: its conversations and their messages go too (the threads service's own).
-    static func groupRemoval(threads: any ThreadsClient) -> WorkflowFunction {
+    /// `group.deleted`: its conversations and their messages go too, and with them the read marks
+    /// and invites that pointed at it (each service's own).
+    static func groupRemoval(threads: any ThreadsClient, seen: any SeenClient, invites: any InvitesClient) -> WorkflowFunction {
         WorkflowFunction("group-removal", on: Logged<GroupDeleted>.self, retries: 8, idempotencyKey: { $0.payload.id }) { event, step in
-            try await step.run("conversations") { try await threads.removeGroup(event.payload.id) }
+            let group = event.payload.id
+            // Which conversations, before they go: a retried removal would no longer list them.
+            let ids = try await step.run("conversation-ids") { try await threads.conversations(inGroup: group).map(\.id) }
+            try await step.run("invites") { try await invites.removeGroup(group) }
+            try await step.run("read-marks") { try await seen.forget(type: .thread, ids: ids) }
+            try await step.run("conversations") { try await threads.removeGroup(group) }
         }
     }
 
-    /// `user.deleted`: the account leaves its groups, its owned ones passing to someone else.
-    /// A durable run, not part of the deletion: the users service does not reach into the groups
-    /// service's tables, and a failure here is retried rather than undoing the deletion.
-    static func accountRemoval(groups: any GroupsClient) -> WorkflowFunction {
+    /// `user.deleted`: the account leaves its groups, its owned ones passing to someone else, and
+    /// its read marks go. A durable run, not part of the deletion: the users service does not
+    /// reach into other services' tables, and a failure here is retried rather than undoing the
+    /// deletion.
+    static func accountRemoval(groups: any GroupsClient, seen: any SeenClient) -> WorkflowFunction {
         WorkflowFunction("account-removal", on: Logged<UserDeleted>.self, retries: 8, idempotencyKey: { $0.payload.id }) { event, step in
             try await step.run("leave-groups") { try await groups.removeAccount(event.payload.id) }
+            try await step.run("read-marks") { try await seen.forget(user: event.payload.id) }
         }
     }
 
@@ -88,10 +98,12 @@ extension Verteilt {
         let threads = ThreadsService(db: db, groups: groups, users: directory, maxTextLength: config.maxTextLength)
         let chats = ChatsService(db: db, groups: groups, maxTextLength: config.maxTextLength)
         let seen = SeenService(db: db, groups: groups, threads: threads, chats: chats)
+        let invites = InvitesService(db: db, groups: groups, users: directory)
         let mailer = Mailer(from: config.mail.from, transport: try mailTransport(config, db: db))
         let engine = WorkflowEngine(
             db: db, functions: workflowFunctions(
-                config, db: db, mailer: mailer, groups: groups, users: directory, threads: threads, chats: chats, seen: seen),
+                config, db: db, mailer: mailer, groups: groups, users: directory, threads: threads, chats: chats, seen: seen,
+                invites: invites),
             configuration: config.workers.engine, logger: logger)
         let group = ServiceGroup(
             configuration: .init(

@@ -17,6 +17,12 @@ public struct Invite: Codable, Sendable, Equatable {
     public var createdAt: Timestamp
 }
 
+/// What other services may ask of the invites service.
+public protocol InvitesClient: Sendable {
+    /// Deletes a deleted group's invites (`group.deleted`): their codes lead nowhere.
+    func removeGroup(_ groupID: String) async throws
+}
+
 /// `invite.created`: the invite, as stored, for the group's admins (and the invite email).
 public enum InviteCreated: EventKind {
     public typealias Payload = Invite
@@ -74,7 +80,7 @@ public struct PreviewResponse: Codable, Sendable {
 
 /// Invitations by email or by open link (API.md `invites/*`). Only group admins create, list and
 /// revoke them; anyone holding a valid code may preview it; a signed-in user accepts it.
-public struct InvitesService: ServiceDefinition {
+public struct InvitesService: ServiceDefinition, InvitesClient {
     public let name = "invites"
     let db: any Database
     let groups: any GroupsClient
@@ -237,6 +243,10 @@ public struct InvitesService: ServiceDefinition {
             inviter = [u.firstName, u.lastName].filter { !$0.isEmpty }.joined(separator: " ")
         }
         return PreviewResponse(groupName: group.name, inviterName: inviter)
+    }
+
+    public func removeGroup(_ groupID: String) async throws {
+        try await db.write { tx in try await tx.query("DELETE FROM invites WHERE group_id = $1", groupID) }
     }
 
     // MARK: Helpers

@@ -57,6 +57,10 @@ public struct SeenUpdated: DomainEvent {
 /// What other services may ask of the seen service.
 public protocol SeenClient: Sendable {
     func lastSeen(user: String, type: ResourceType, ids: [String]) async throws -> [String: Timestamp]
+    /// Drops everyone's read marks of resources that are gone (a deleted group's conversations).
+    func forget(type: ResourceType, ids: [String]) async throws
+    /// Drops a deleted account's read marks.
+    func forget(user: String) async throws
 }
 
 /// What each user has read (API.md `seen/*`).
@@ -170,6 +174,22 @@ public struct SeenService: ServiceDefinition, SeenClient {
                 throw ServiceError.notFound("chat not found")
             }
         }
+    }
+
+    public func forget(type: ResourceType, ids: [String]) async throws {
+        // A few hundred at a time: a statement's parameters are bounded.
+        for start in stride(from: 0, to: ids.count, by: 500) {
+            let batch = Array(ids[start..<min(ids.count, start + 500)])
+            try await db.write { tx in
+                try await tx.query(
+                    "DELETE FROM seen WHERE resource_type = $1 AND resource_id IN (\(SQL.list(batch.count, from: 2)))",
+                    [type.rawValue] + batch)
+            }
+        }
+    }
+
+    public func forget(user: String) async throws {
+        try await db.write { tx in try await tx.query("DELETE FROM seen WHERE user_id = $1", user) }
     }
 
     public func lastSeen(user: String, type: ResourceType, ids: [String]) async throws -> [String: Timestamp] {

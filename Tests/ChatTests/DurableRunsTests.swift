@@ -25,6 +25,9 @@ struct DurableRunsTests {
             let otherID = try #require((other["group"] as? [String: Any])?["id"] as? String)
             try await api.add(f.owner, to: otherID, by: f.member)
 
+            for who in [f.owner, f.member] {
+                #expect(try await api.post("seen/Set", ["resource_type": "thread", "resource_id": f.conversationID], token: who.token).status == .ok)
+            }
             #expect(try await api.post("users/Delete", [:], token: f.owner.token).status == .ok)
             let key = try await api.serviceKey()
             func group(_ id: String) async throws -> [String: Any]? {
@@ -45,6 +48,14 @@ struct DurableRunsTests {
                 try await conn.query("SELECT type FROM events WHERE payload LIKE $1 ORDER BY seq", "%\(f.owner.id)%").map { try $0.string("type") }
             }
             #expect(told.filter { $0 == "member.left" }.count == 2, "\(told)")
+            // Its read marks went, the others' stay.
+            @Sendable func marks(_ user: String) async throws -> Int {
+                try await api.database.read { conn in
+                    Int(try await conn.first("SELECT COUNT(*) AS n FROM seen WHERE user_id = $1", user)?.int("n") ?? -1)
+                }
+            }
+            try await eventually("the account's read marks gone", seconds: 30) { try await marks(f.owner.id) == 0 }
+            #expect(try await marks(f.member.id) == 1)
         }
     }
 
@@ -57,6 +68,12 @@ struct DurableRunsTests {
             for i in 0..<3 { try await api.say("before \(i)", in: f.conversationID, as: f.member) }
             let other = try await api.fixture()
             try await api.say("elsewhere", in: other.conversationID, as: other.member)
+            // Read marks and invites that point at the group, and the same elsewhere.
+            for (g, conversation, member, owner) in [(f.groupID, f.conversationID, f.member, f.owner),
+                                                     (other.groupID, other.conversationID, other.member, other.owner)] {
+                #expect(try await api.post("seen/Set", ["resource_type": "thread", "resource_id": conversation], token: member.token).status == .ok)
+                #expect(try await api.post("invites/Create", ["group_id": g], token: owner.token).status == .ok)
+            }
             #expect(try await api.post("groups/Delete", ["id": f.groupID], token: f.owner.token).status == .ok)
             @Sendable func count(_ sql: String, _ key: String) async throws -> Int {
                 try await api.database.read { conn -> Int in
@@ -68,9 +85,15 @@ struct DurableRunsTests {
             let messages = "SELECT COUNT(*) AS n FROM thread_messages m JOIN conversations c ON c.id = m.container_id WHERE c.group_id = $1"
             try await eventually("the conversations gone", seconds: 30) { try await count(conversations, f.groupID) == 0 }
             #expect(try await count("SELECT COUNT(*) AS n FROM thread_messages WHERE container_id = $1", f.conversationID) == 0)
+            let marks = "SELECT COUNT(*) AS n FROM seen WHERE resource_id = $1"
+            let invites = "SELECT COUNT(*) AS n FROM invites WHERE group_id = $1"
+            #expect(try await count(marks, f.conversationID) == 0)
+            #expect(try await count(invites, f.groupID) == 0)
             // Another group's stay.
             #expect(try await count(conversations, other.groupID) == 1)
             #expect(try await count(messages, other.groupID) == 1)
+            #expect(try await count(marks, other.conversationID) == 1)
+            #expect(try await count(invites, other.groupID) == 1)
         }
     }
 }
