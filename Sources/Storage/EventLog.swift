@@ -105,14 +105,15 @@ public enum EventLog {
     /// serialised, so nothing at or before it can commit later). Both parts are read through an
     /// index: a reader catching up after a day reads its own events, not the day's.
     public static func read(
-        _ db: any Database, after seq: Int64, audiences: [String], limit: Int
+        _ db: any Database, after seq: Int64, audiences: [String], limit: Int, span: Int64 = filteredSpan
     ) async throws -> (events: [Event], through: Int64) {
-        try await db.read { conn in
+        let limit = max(1, limit)
+        return try await db.read { conn in
             let head = try await conn.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
             guard head > seq else { return ([], seq) }
             // A span of the log at a time: each part's rows are sorted before the limit applies,
             // which must not mean all of a busy group's events since a week-old cursor.
-            let upper = min(head, seq + filteredSpan)
+            let upper = min(head, seq + max(1, span))
             var parts: [(filter: String, binds: [any SQLBindable])] = [(wideningFilter, [])]
             if !audiences.isEmpty { parts.append(("audience IN (\(SQL.list(audiences.count, from: 4)))", audiences)) }
             var through = upper
@@ -135,7 +136,7 @@ public enum EventLog {
     }
 
     /// How much of the log one filtered read looks at.
-    static let filteredSpan: Int64 = 20_000
+    public static let filteredSpan: Int64 = 20_000
 
     /// The newest sequence number, 0 for an empty log.
     public static func head(_ db: any Database) async throws -> Int64 {

@@ -103,6 +103,9 @@ struct EventBusTests {
                 return
             }
             #expect(page.map(\.seq) == [seqs["0"], seqs["2"], seqs["4"]] && pageEnd == seqs["4"])
+            // A span of the log at a time: past it, nothing more is read, and `through` says so.
+            let (spanned, spanEnd) = try await EventLog.read(db, after: start, audiences: ["user:u"], limit: 100, span: 3)
+            #expect(spanned.map(\.seq) == [seqs["0"], seqs["2"]] && spanEnd == start + 3)
             // The widening events the log indexes are the ones a feed acts on.
             #expect(Set(EventLog.wideningTypes) == [MemberJoined.name, ChatCreated.name])
         }

@@ -68,7 +68,8 @@ struct FeedTests {
     }
 
     /// A resume older than the bus's window reads the log for the user's audiences only; a join
-    /// or a new chat met on the way widens what is read after it, a removal narrows it.
+    /// or a promotion met on the way widens what is read after it, a removal or demotion narrows
+    /// it. (The chat is no such test: the user is in it when the resume starts.)
     @Test(arguments: Backend.all)
     func aResumeFromTheLogFollowsMembershipChanges(_ backend: Backend) async throws {
         try await withTestApp(backend, configure: { $0.realtime.window = 3 }) { api in
@@ -85,6 +86,15 @@ struct FeedTests {
             for i in 0..<3 { try await api.say("before \(i)", in: f.conversationID, as: f.owner, id: "b\(i)") }
             try await api.add(newcomer, to: f.groupID, by: f.owner)
             for i in 0..<3 { try await api.say("during \(i)", in: f.conversationID, as: f.owner, id: "d\(i)") }
+            // Admins for a while: what goes to the group's admins meanwhile is theirs.
+            func setRole(_ role: String) async throws {
+                let r = try await api.post("groups/SetRole", ["group_id": f.groupID, "member_id": newcomer.id, "role": role], token: f.owner.token)
+                #expect(r.status == .ok)
+            }
+            try await setRole("admin")
+            #expect(try await api.post("invites/Create", ["group_id": f.groupID], token: f.owner.token).status == .ok)
+            try await setRole("member")
+            #expect(try await api.post("invites/Create", ["group_id": f.groupID], token: f.owner.token).status == .ok)
             let chat = try await api.post("chats/CreateChat", ["user_ids": [newcomer.id]], token: f.member.token)
             let chatID = try #require((chat["chat"] as? [String: Any])?["id"] as? String, "\(chat.text)")
             #expect(try await api.post("chats/CreateMessage", ["chat_id": chatID, "text": "hi", "id": "c0"], token: f.member.token).status == .ok)
@@ -107,7 +117,10 @@ struct FeedTests {
                 let data = e["data"] as? [String: Any]
                 got.append(event == "message.created" ? data?["id"] as? String ?? "?" : event)
             }
-            #expect(got == ["member.joined", "d0", "d1", "d2", "chat.created", "c0", "d3", "d4", "member.left", "c1"])
+            #expect(got == [
+                "member.joined", "d0", "d1", "d2", "member.role_changed", "invite.created", "member.role_changed",
+                "chat.created", "c0", "d3", "d4", "member.left", "c1",
+            ])
             #expect(cursors == cursors.sorted() && Set(cursors).count == cursors.count)
             await resumed.close()
         }
