@@ -227,8 +227,20 @@ public struct InvitesService: ServiceDefinition, InvitesClient {
                     "UPDATE invites SET uses = uses + 1 WHERE id = $1 AND (max_uses IS NULL OR uses < max_uses) RETURNING id",
                     invite.id).isEmpty
             }
-            guard counted else { throw ServiceError.notFound("invite not found or expired") }
-            _ = try await groups.join(groupID: invite.groupId, userID: user)
+            if counted {
+                // A use that let nobody in is given back: the join failed, or the same user's
+                // other request (a double click) joined first.
+                let joined: Bool
+                do {
+                    joined = try await groups.join(groupID: invite.groupId, userID: user)
+                } catch {
+                    try? await giveBack(invite)
+                    throw error
+                }
+                if !joined { try await giveBack(invite) }
+            } else if try await groups.role(of: user, in: invite.groupId) == nil {
+                throw ServiceError.notFound("invite not found or expired")
+            }
         }
         guard let group = try await groups.group(invite.groupId) else { throw ServiceError.notFound("group not found") }
         return GroupResponse(group: group)
@@ -243,6 +255,10 @@ public struct InvitesService: ServiceDefinition, InvitesClient {
             inviter = [u.firstName, u.lastName].filter { !$0.isEmpty }.joined(separator: " ")
         }
         return PreviewResponse(groupName: group.name, inviterName: inviter)
+    }
+
+    func giveBack(_ invite: Invite) async throws {
+        try await db.write { tx in try await tx.query("UPDATE invites SET uses = uses - 1 WHERE id = $1 AND uses > 0", invite.id) }
     }
 
     public func removeGroup(_ groupID: String) async throws {

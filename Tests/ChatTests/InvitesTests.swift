@@ -39,6 +39,27 @@ struct InvitesTests {
         }
     }
 
+    /// One person accepting several times at once (a double click, two tabs) joins once and
+    /// uses the invite once.
+    @Test(arguments: Backend.all)
+    func acceptingTwiceAtOnceUsesTheInviteOnce(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            let r = try await api.post("invites/Create", ["group_id": f.groupID, "max_uses": 2], token: f.admin.token)
+            let code = try #require((r["invite"] as? [String: Any])?["code"] as? String)
+            let a = try await api.signUp("A"), b = try await api.signUp("B")
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<4 { group.addTask { Int(try await api.postConcurrently("invites/Accept", ["code": code], token: a.token).status.code) } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(statuses.filter { $0 == 200 }.count >= 1 && statuses.allSatisfy { $0 == 200 || $0 == 404 }, "\(statuses)")
+            #expect(try await api.post("invites/Accept", ["code": code], token: b.token).status == .ok, "one use is left")
+            let list = try await api.post("invites/List", ["group_id": f.groupID], token: f.admin.token)
+            let uses = ((list["invites"] as? [[String: Any]])?.first { $0["code"] as? String == code })?["uses"] as? Int
+            #expect(uses == 2)
+        }
+    }
+
     @Test(arguments: Backend.all)
     func emailInvitesAreForThatAddressOnly(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in
