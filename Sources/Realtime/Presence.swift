@@ -23,6 +23,8 @@ public final class Presence: Service, Sendable {
     /// Each user's latest row change on this node: the next waits for it (a reconnect's insert
     /// must not race the grace period's delete).
     private let transitions = NIOLockedValueBox<[String: Task<Void, Never>]>([:])
+    /// The users this node announced since the last heartbeat, and in the period before it.
+    private let announced = NIOLockedValueBox<(current: Set<String>, previous: Set<String>)>(([], []))
 
     static let migration = Migration(service: "realtime", version: 1, [
         """
@@ -145,6 +147,26 @@ public final class Presence: Service, Sendable {
 
     /// Tells the user's co-members (and the user's other devices).
     func announce(_ user: String, online: Bool) async {
+        announced.withLockedValue { _ = $0.current.insert(user) }
+        await publish(user, online: online)
+    }
+
+    /// Says again what the table now says of the users announced a heartbeat or two ago. Two
+    /// nodes' announcements for one user (one node's last connection closed as another's
+    /// opened) travel separately and can reach a third node in either order, leaving
+    /// co-members with "offline" for a user who is connected; the repeat, read after both,
+    /// settles it.
+    func reannounce() async throws {
+        let users = announced.withLockedValue { a -> Set<String> in
+            defer { a = ([], a.current) }
+            return a.previous
+        }
+        guard !users.isEmpty else { return }
+        let on = try await online(Array(users))
+        for user in users { await publish(user, online: on.contains(user)) }
+    }
+
+    private func publish(_ user: String, online: Bool) async {
         let frame = #"{"type":"presence","user_id":"\#(user)","online":\#(online)}"#
         await bus.publish(audience: "user:\(user)", frame: frame, except: nil)
         for g in (try? await groups.groupIDs(of: user)) ?? [] {
@@ -161,6 +183,7 @@ public final class Presence: Service, Sendable {
                         try await tx.query("UPDATE presence SET updated_at = $2 WHERE node_id = $1", self.bus.nodeID, Timestamp.now())
                     }
                     try? await self.sweep()
+                    try? await self.reannounce()
                 }
             }
             try? await gracefulShutdown()

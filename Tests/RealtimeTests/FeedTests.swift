@@ -1,6 +1,6 @@
 import Foundation
 import HTTPTypes
-import Realtime
+@testable import Realtime
 import ServiceKit
 import Storage
 import Testing
@@ -235,6 +235,32 @@ struct FeedTests {
             #expect(offline["online"] as? Bool == false)
             let after = try await api.post("streams/Presence", ["user_ids": [f.member.id]], token: f.owner.token)
             #expect(((after["users"] as? [String: [String: Any]])?[f.member.id])?["online"] as? Bool == false)
+            await owner.close()
+        }
+    }
+
+    /// Two nodes' announcements for one user can reach a third in either order; the announcing
+    /// node says again, a heartbeat or two later, what the table says, so a co-member shown
+    /// "offline" for a connected user is put right. (The stale announcement is sent here through
+    /// the bus: the misordering takes two nodes and an unlucky moment.)
+    @Test(arguments: Backend.all)
+    func aPresenceAnnouncementOvertakenIsPutRight(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: { $0.presenceHeartbeat = .seconds(2) }) { api in
+            let f = try await api.fixture()
+            let owner = try await api.feed(f.owner)
+            _ = try await owner.next()
+            let member = try await api.feed(f.member)
+            _ = try await member.next()
+            func presence() async throws -> Bool? {
+                try await owner.next(where: { $0["type"] as? String == "presence" && $0["user_id"] as? String == f.member.id },
+                                     timeout: .seconds(10))["online"] as? Bool
+            }
+            #expect(try await presence() == true)
+            await api.app.bus.publish(
+                audience: "group:\(f.groupID)", frame: #"{"type":"presence","user_id":"\#(f.member.id)","online":false}"#, except: nil)
+            #expect(try await presence() == false, "the overtaken announcement arrives")
+            #expect(try await presence() == true, "and is put right")
+            await member.close()
             await owner.close()
         }
     }
