@@ -20,13 +20,18 @@ public struct MessageBoard: Sendable {
     /// Set for containers whose messages mention people (with `mentionsMigration`).
     let mentionsTable: String?
     let findMentions: MentionFinder?
+    /// The owning service's table of containers (an `id` column), for containers that can be
+    /// deleted: a message is stored only while its container is.
+    let containers: String?
 
     /// The users a text mentions, for a message by `author` in `container`, in the text's order.
     /// Called only for a text with an `@`: a text without one costs no lookups.
     public typealias MentionFinder = @Sendable (_ text: String, _ container: String, _ author: String) async throws -> [String]
 
-    public init(db: any Database, kind: Kind, tablePrefix: String, maxTextLength: Int, mentions: MentionFinder? = nil) {
+    public init(db: any Database, kind: Kind, tablePrefix: String, maxTextLength: Int, mentions: MentionFinder? = nil,
+                containers: String? = nil) {
         self.db = db
+        self.containers = containers
         self.kind = kind
         self.messages = tablePrefix + "_messages"
         self.reactions = tablePrefix + "_reactions"
@@ -107,6 +112,12 @@ public struct MessageBoard: Sendable {
                 }
                 // Serialise appenders first, then take a send time strictly after the last one.
                 try await EventLog.serialize(tx)
+                // Looked at again in the transaction: the container may have been deleted since
+                // the caller's access was checked (its deletion serialises first, so it has
+                // either committed by now or will take this message with it).
+                if let containers, try await tx.first("SELECT id FROM \(containers) WHERE id = $1", container) == nil {
+                    throw ServiceError.notFound("\(kindName) not found")
+                }
                 let last = try await tx.first(
                     "SELECT MAX(sent_at) AS last FROM \(messages) WHERE container_id = $1", container)?.optionalInt("last")
                 // Whole milliseconds, as the API writes them: a `sent_at` read back from JSON is exact.
@@ -143,6 +154,9 @@ public struct MessageBoard: Sendable {
         // Edits re-evaluate mentions: the new text decides who is mentioned.
         let mentioned = try await mentions(in: text, container: container, author: author)
         return try await db.write { tx in
+            // Appenders first, rows second, in every transaction here: a conversation's deletion
+            // takes them in that order, and the other order would deadlock with it.
+            try await EventLog.serialize(tx)
             guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             guard m.authorId == author else { throw ServiceError.forbidden("only the author may edit a message") }
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
@@ -158,6 +172,9 @@ public struct MessageBoard: Sendable {
     /// Replaces a message with a tombstone: it keeps its place, loses its text and reactions.
     func delete(_ id: String, audience: String) async throws -> Message {
         try await db.write { tx in
+            // Appenders first, rows second, in every transaction here: a conversation's deletion
+            // takes them in that order, and the other order would deadlock with it.
+            try await EventLog.serialize(tx)
             guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             try await tx.query("UPDATE \(messages) SET text = '', deleted = 1, edited_at = $2 WHERE id = $1", id, Timestamp.now())
             try await dropMentions(of: m, in: tx)
@@ -171,6 +188,9 @@ public struct MessageBoard: Sendable {
     func react(_ id: String, user: String, emoji: String, add: Bool, audience: String) async throws -> Message {
         let emoji = try Self.validEmoji(emoji)
         return try await db.write { tx in
+            // Appenders first, rows second, in every transaction here: a conversation's deletion
+            // takes them in that order, and the other order would deadlock with it.
+            try await EventLog.serialize(tx)
             guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
             let changed: [Row]

@@ -121,7 +121,8 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
             db: db, kind: .conversation, tablePrefix: "thread", maxTextLength: maxTextLength,
             mentions: { text, conversation, author in
                 try await Self.mentioned(in: text, conversation: conversation, author: author, db: db, groups: groups, users: users)
-            })
+            },
+            containers: "conversations")
     }
 
     /// The members of the conversation's group whose username the text names with `@` (not the
@@ -218,7 +219,11 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         changed.topic = topic
         let updated = changed
         try await db.write { tx in
-            try await tx.query("UPDATE conversations SET topic = $2, updated_at = $3 WHERE id = $1", c.id, topic, Timestamp.now())
+            // Serialised first, as a deletion is: one that committed meanwhile leaves nothing to update.
+            try await EventLog.serialize(tx)
+            let rows = try await tx.query(
+                "UPDATE conversations SET topic = $2, updated_at = $3 WHERE id = $1 RETURNING id", c.id, topic, Timestamp.now())
+            guard !rows.isEmpty else { throw ServiceError.notFound("conversation not found") }
             try await EventLog.append(tx, ConversationUpdated.event(updated, audience: "group:\(c.groupId)"))
         }
         return ConversationResponse(conversation: updated)
@@ -371,8 +376,10 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         }
     }
 
-    /// A conversation and its messages.
+    /// A conversation and its messages. Serialised with appenders from the start, so a message
+    /// being stored meanwhile either is deleted here or sees the conversation gone.
     func removeConversation(_ id: String, in tx: Transaction) async throws {
+        try await EventLog.serialize(tx)
         try await board.deleteAll(in: id, tx: tx)
         try await tx.query("DELETE FROM conversations WHERE id = $1", id)
     }

@@ -81,6 +81,45 @@ struct ThreadsTests {
         }
     }
 
+    /// Messages sent (and a rename made) while their conversation is deleted are stored before
+    /// the deletion (and go with it) or refused: none is left behind in a conversation that is
+    /// gone, and no event about it follows its deletion.
+    @Test(arguments: Backend.all)
+    func sendsRacingAConversationsDeletionLeaveNothing(_ backend: Backend) async throws {
+        try await withTestApp(backend) { api in
+            let f = try await api.fixture()
+            for round in 0..<4 {
+                let c = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Going \(round)"], token: f.member.token)
+                let conversation = try #require((c["conversation"] as? [String: Any])?["id"] as? String)
+                let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for i in 0..<8 {
+                        group.addTask {
+                            Int(try await api.postConcurrently(
+                                "threads/CreateMessage", ["conversation_id": conversation, "text": "last words \(i)"], token: f.member.token
+                            ).status.code)
+                        }
+                    }
+                    group.addTask { Int(try await api.postConcurrently("threads/DeleteConversation", ["id": conversation], token: f.member.token).status.code) * 1000 }
+                    group.addTask {
+                        Int(try await api.postConcurrently("threads/UpdateConversation", ["id": conversation, "topic": "Renamed"], token: f.member.token).status.code)
+                    }
+                    return try await group.reduce(into: [Int]()) { $0.append($1) }
+                }
+                #expect(statuses.contains(200_000), "the deletion went through: \(statuses)")
+                #expect(statuses.allSatisfy { [200, 404, 200_000].contains($0) }, "\(statuses)")
+                let left = try await api.database.read { conn in
+                    try await conn.first("SELECT COUNT(*) AS n FROM thread_messages WHERE container_id = $1", conversation)?.int("n")
+                }
+                #expect(left == 0, "round \(round): messages left in a deleted conversation")
+                // Nothing is told of the conversation after its deletion.
+                let told = try await api.database.read { conn in
+                    try await conn.query("SELECT type FROM events WHERE payload LIKE $1 ORDER BY seq", "%\(conversation)%").map { try $0.string("type") }
+                }
+                #expect(told.last == "conversation.deleted", "\(told)")
+            }
+        }
+    }
+
     @Test(arguments: Backend.all)
     func aRetriedSendStoresOneMessage(_ backend: Backend) async throws {
         try await withTestApp(backend) { api in
