@@ -160,18 +160,24 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
             if try current.string("role") == Role.owner.rawValue && req.role != .owner {
                 throw ServiceError.conflict("a group always has an owner: hand ownership to someone else instead")
             }
+            // Rows first, events (and with them the appenders' lock) after: a member leaving at
+            // the same moment holds their row and then appends, and the other order deadlocks.
+            var demoted: [Row] = []
             if req.role == .owner {
                 // One owner: the old one stays on as an admin, and everyone hears of it.
-                let demoted = try await tx.query(
+                demoted = try await tx.query(
                     "UPDATE group_members SET role = $2 WHERE group_id = $1 AND role = $3 AND user_id <> $4 RETURNING user_id",
                     groupID, Role.admin.rawValue, Role.owner.rawValue, target)
-                for row in demoted {
-                    let old = MemberEvent(groupId: groupID, userId: try row.string("user_id"), role: .admin)
-                    try await EventLog.append(tx, MemberRoleChanged.event(old, audience: "group:\(groupID)"))
-                }
             }
-            try await tx.query(
-                "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2", groupID, target, req.role.rawValue)
+            let changed = try await tx.query(
+                "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2 RETURNING user_id",
+                groupID, target, req.role.rawValue)
+            // Left meanwhile: nothing changed (the demotion with it).
+            guard !changed.isEmpty else { throw ServiceError.notFound("member_id: not a member of this group") }
+            for row in demoted {
+                let old = MemberEvent(groupId: groupID, userId: try row.string("user_id"), role: .admin)
+                try await EventLog.append(tx, MemberRoleChanged.event(old, audience: "group:\(groupID)"))
+            }
             guard let group = try await Self.group(groupID, in: tx) else { throw ServiceError.notFound("group not found") }
             try await EventLog.append(
                 tx, MemberRoleChanged.event(MemberEvent(groupId: groupID, userId: target, role: req.role), audience: "group:\(groupID)"))

@@ -103,6 +103,16 @@ public struct MessageBoard: Sendable {
         let mentioned = try await mentions(in: text, container: container, author: author)
         do {
             return try await db.write { tx in
+                // Looked at again in the transaction, and (PostgreSQL) held: the container may
+                // have been deleted since the caller's access was checked, and a deletion that
+                // starts now waits for this message and takes it with it. Before the appenders'
+                // lock: the deletion takes the row first and that lock last.
+                if let containers {
+                    let hold = tx.dialect == .postgres ? " FOR KEY SHARE" : ""
+                    guard try await tx.first("SELECT id FROM \(containers) WHERE id = $1\(hold)", container) != nil else {
+                        throw ServiceError.notFound("\(kindName) not found")
+                    }
+                }
                 if let existing = try await fetch(id, in: tx) {
                     return try retried(existing, container: container, author: author)
                 }
@@ -112,12 +122,6 @@ public struct MessageBoard: Sendable {
                 }
                 // Serialise appenders first, then take a send time strictly after the last one.
                 try await EventLog.serialize(tx)
-                // Looked at again in the transaction: the container may have been deleted since
-                // the caller's access was checked (its deletion serialises first, so it has
-                // either committed by now or will take this message with it).
-                if let containers, try await tx.first("SELECT id FROM \(containers) WHERE id = $1", container) == nil {
-                    throw ServiceError.notFound("\(kindName) not found")
-                }
                 let last = try await tx.first(
                     "SELECT MAX(sent_at) AS last FROM \(messages) WHERE container_id = $1", container)?.optionalInt("last")
                 // Whole milliseconds, as the API writes them: a `sent_at` read back from JSON is exact.
@@ -154,9 +158,6 @@ public struct MessageBoard: Sendable {
         // Edits re-evaluate mentions: the new text decides who is mentioned.
         let mentioned = try await mentions(in: text, container: container, author: author)
         return try await db.write { tx in
-            // Appenders first, rows second, in every transaction here: a conversation's deletion
-            // takes them in that order, and the other order would deadlock with it.
-            try await EventLog.serialize(tx)
             guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             guard m.authorId == author else { throw ServiceError.forbidden("only the author may edit a message") }
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
@@ -172,9 +173,6 @@ public struct MessageBoard: Sendable {
     /// Replaces a message with a tombstone: it keeps its place, loses its text and reactions.
     func delete(_ id: String, audience: String) async throws -> Message {
         try await db.write { tx in
-            // Appenders first, rows second, in every transaction here: a conversation's deletion
-            // takes them in that order, and the other order would deadlock with it.
-            try await EventLog.serialize(tx)
             guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             try await tx.query("UPDATE \(messages) SET text = '', deleted = 1, edited_at = $2 WHERE id = $1", id, Timestamp.now())
             try await dropMentions(of: m, in: tx)
@@ -188,9 +186,6 @@ public struct MessageBoard: Sendable {
     func react(_ id: String, user: String, emoji: String, add: Bool, audience: String) async throws -> Message {
         let emoji = try Self.validEmoji(emoji)
         return try await db.write { tx in
-            // Appenders first, rows second, in every transaction here: a conversation's deletion
-            // takes them in that order, and the other order would deadlock with it.
-            try await EventLog.serialize(tx)
             guard let m = try await fetch(id, in: tx, forUpdate: true) else { throw ServiceError.notFound("message not found") }
             guard m.deleted != true else { throw ServiceError.conflict("the message was deleted") }
             let changed: [Row]
@@ -228,6 +223,12 @@ public struct MessageBoard: Sendable {
 
     /// Removes every message of a container (its conversation was deleted).
     public func deleteAll(in container: String, tx: Transaction) async throws {
+        if tx.dialect == .postgres {
+            // Wait for changes under way (a reaction, an edit's mentions) to commit first, so the
+            // rows they add are seen and deleted below rather than left behind.
+            try await tx.query(
+                "SELECT COUNT(*) AS n FROM (SELECT id FROM \(messages) WHERE container_id = $1 FOR UPDATE) AS held", container)
+        }
         if let mentionsTable { try await tx.query("DELETE FROM \(mentionsTable) WHERE container_id = $1", container) }
         try await tx.query(
             "DELETE FROM \(reactions) WHERE message_id IN (SELECT id FROM \(messages) WHERE container_id = $1)", container)

@@ -122,14 +122,19 @@ public final class Presence: Service, Sendable {
     /// Which of `users` are online on any node.
     public func online(_ users: [String]) async throws -> Set<String> {
         let unique = Array(Set(users))
-        guard !unique.isEmpty else { return [] }
         let fresh = Timestamp.now().adding(seconds: -staleAfter)
-        return try await db.read { conn in
-            Set(try await conn.query(
-                "SELECT DISTINCT user_id FROM presence WHERE updated_at > $1 AND user_id IN (\(SQL.list(unique.count, from: 2)))",
-                [fresh] + unique
-            ).map { try $0.string("user_id") })
+        var online: Set<String> = []
+        // A thousand at a time: a statement's parameters are bounded.
+        for start in stride(from: 0, to: unique.count, by: 1000) {
+            let batch = Array(unique[start..<min(unique.count, start + 1000)])
+            online.formUnion(try await db.read { conn in
+                try await conn.query(
+                    "SELECT DISTINCT user_id FROM presence WHERE updated_at > $1 AND user_id IN (\(SQL.list(batch.count, from: 2)))",
+                    [fresh] + batch
+                ).map { try $0.string("user_id") }
+            })
         }
+        return online
     }
 
     /// Drops rows no node has kept fresh (a node that was killed, or lost its database) and
@@ -183,6 +188,13 @@ public final class Presence: Service, Sendable {
                         try await tx.query("UPDATE presence SET updated_at = $2 WHERE node_id = $1", self.bus.nodeID, Timestamp.now())
                     }
                     try? await self.sweep()
+                }
+            }
+            group.addTask {
+                // Beside the heartbeat, not in its loop: however many users it repeats, this
+                // node's rows stay fresh.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.heartbeat)
                     try? await self.reannounce()
                 }
             }

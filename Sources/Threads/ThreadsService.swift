@@ -219,8 +219,7 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         changed.topic = topic
         let updated = changed
         try await db.write { tx in
-            // Serialised first, as a deletion is: one that committed meanwhile leaves nothing to update.
-            try await EventLog.serialize(tx)
+            // A deletion that committed meanwhile leaves nothing to update (one under way waits).
             let rows = try await tx.query(
                 "UPDATE conversations SET topic = $2, updated_at = $3 WHERE id = $1 RETURNING id", c.id, topic, Timestamp.now())
             guard !rows.isEmpty else { throw ServiceError.notFound("conversation not found") }
@@ -376,12 +375,13 @@ public struct ThreadsService: ServiceDefinition, ThreadsClient {
         }
     }
 
-    /// A conversation and its messages. Serialised with appenders from the start, so a message
-    /// being stored meanwhile either is deleted here or sees the conversation gone.
+    /// A conversation and its messages. The conversation's row first: a message being stored
+    /// holds it (`MessageBoard.create`), so it is either in before this and deleted here, or
+    /// finds the conversation gone. The appenders' lock comes last, with the event, so a long
+    /// history being deleted does not hold up every writer.
     func removeConversation(_ id: String, in tx: Transaction) async throws {
-        try await EventLog.serialize(tx)
-        try await board.deleteAll(in: id, tx: tx)
         try await tx.query("DELETE FROM conversations WHERE id = $1", id)
+        try await board.deleteAll(in: id, tx: tx)
     }
 
     static func conversation(_ row: Row) throws -> Conversation {
