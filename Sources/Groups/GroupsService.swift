@@ -230,8 +230,12 @@ public struct GroupsService: ServiceDefinition, GroupsClient {
                         // Nobody else: the group goes with its last member.
                         return try await Self.deleteGroup(groupID, in: tx)
                     }
-                    try await tx.query(
-                        "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2", groupID, heir, Role.owner.rawValue)
+                    // The heir left at this moment: nothing changed; the run's step is retried
+                    // and picks another (the group must not be left without an owner).
+                    guard try await !tx.query(
+                        "UPDATE group_members SET role = $3 WHERE group_id = $1 AND user_id = $2 RETURNING user_id",
+                        groupID, heir, Role.owner.rawValue).isEmpty
+                    else { throw ServiceError.conflict("the heir left the group; try again") }
                     try await EventLog.append(
                         tx, MemberRoleChanged.event(MemberEvent(groupId: groupID, userId: heir, role: .owner), audience: "group:\(groupID)"))
                 }
