@@ -124,9 +124,7 @@ public final class Presence: Service, Sendable {
         let unique = Array(Set(users))
         let fresh = Timestamp.now().adding(seconds: -staleAfter)
         var online: Set<String> = []
-        // A thousand at a time: a statement's parameters are bounded.
-        for start in stride(from: 0, to: unique.count, by: 1000) {
-            let batch = Array(unique[start..<min(unique.count, start + 1000)])
+        for batch in SQL.batches(unique, of: 1000) {
             online.formUnion(try await db.read { conn in
                 try await conn.query(
                     "SELECT DISTINCT user_id FROM presence WHERE updated_at > $1 AND user_id IN (\(SQL.list(batch.count, from: 2)))",

@@ -177,9 +177,7 @@ public struct SeenService: ServiceDefinition, SeenClient {
     }
 
     public func forget(type: ResourceType, ids: [String]) async throws {
-        // A few hundred at a time: a statement's parameters are bounded.
-        for start in stride(from: 0, to: ids.count, by: 500) {
-            let batch = Array(ids[start..<min(ids.count, start + 500)])
+        for batch in SQL.batches(ids, of: 500) {
             try await db.write { tx in
                 try await tx.query(
                     "DELETE FROM seen WHERE resource_type = $1 AND resource_id IN (\(SQL.list(batch.count, from: 2)))",

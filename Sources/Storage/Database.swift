@@ -121,4 +121,10 @@ public enum SQL {
     public static func list(_ count: Int, from: Int = 1) -> String {
         (from..<(from + count)).map { "$\($0)" }.joined(separator: ", ")
     }
+
+    /// `values` cut into runs of at most `size`, one statement's IN list each: a statement's
+    /// parameters are bounded (PostgreSQL 65,535, SQLite 32,766).
+    public static func batches<T>(_ values: [T], of size: Int) -> [[T]] {
+        stride(from: 0, to: values.count, by: size).map { Array(values[$0..<min(values.count, $0 + size)]) }
+    }
 }

@@ -109,7 +109,7 @@ public enum EventLog {
     ) async throws -> (events: [Event], through: Int64) {
         let limit = max(1, limit)
         return try await db.read { conn in
-            let head = try await conn.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
+            let head = try await head(in: conn)
             guard head > seq else { return ([], seq) }
             // A span of the log at a time: each part's rows are sorted before the limit applies,
             // which must not mean all of a busy group's events since a week-old cursor.
@@ -140,9 +140,12 @@ public enum EventLog {
 
     /// The newest sequence number, 0 for an empty log.
     public static func head(_ db: any Database) async throws -> Int64 {
-        try await db.read { conn in
-            try await conn.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
-        }
+        try await db.read { try await head(in: $0) }
+    }
+
+    /// The newest sequence number as `conn` sees it (inside a transaction or a read).
+    public static func head(in conn: any SQLExecutor) async throws -> Int64 {
+        try await conn.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
     }
 
     static func event(_ row: Row) throws -> Event {

@@ -127,7 +127,7 @@ extension RunStore {
                 guard let due else { return false }
                 let tick = CronTick(scheduledAt: due)
                 let payload = String(decoding: try JSON.encode(tick), as: UTF8.self)
-                let head = try await tx.first("SELECT COALESCE(MAX(seq), 0) AS head FROM events")?.int("head") ?? 0
+                let head = try await EventLog.head(in: tx)
                 try await tx.query(
                     """
                     INSERT INTO workflow_runs (id, function_id, event_type, event_payload, event_seq, idempotency_key,

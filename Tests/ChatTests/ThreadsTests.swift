@@ -55,8 +55,7 @@ struct ThreadsTests {
         try await withTestApp(backend) { api in
             let f = try await api.fixture()
             for round in 0..<12 {
-                let c = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Race \(round)"], token: f.member.token)
-                let conversation = try #require((c["conversation"] as? [String: Any])?["id"] as? String)
+                let conversation = try await api.createConversation(in: f.groupID, topic: "Race \(round)", by: f.member)
                 let id = "race-\(round)"
                 _ = try await api.say("original", in: conversation, as: f.member, id: id)
                 let deleteConversation = round % 2 == 1
@@ -89,8 +88,7 @@ struct ThreadsTests {
         try await withTestApp(backend) { api in
             let f = try await api.fixture()
             for round in 0..<4 {
-                let c = try await api.post("threads/CreateConversation", ["group_id": f.groupID, "topic": "Going \(round)"], token: f.member.token)
-                let conversation = try #require((c["conversation"] as? [String: Any])?["id"] as? String)
+                let conversation = try await api.createConversation(in: f.groupID, topic: "Going \(round)", by: f.member)
                 let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
                     for i in 0..<8 {
                         group.addTask {

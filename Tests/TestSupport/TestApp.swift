@@ -186,6 +186,15 @@ extension APIClient {
         return id
     }
 
+    /// Creates a conversation in the group on behalf of `creator` and returns its id.
+    public func createConversation(in groupID: String, topic: String, by creator: Account) async throws -> String {
+        let r = try await post("threads/CreateConversation", ["group_id": groupID, "topic": topic], token: creator.token)
+        guard let id = (r["conversation"] as? [String: Any])?["id"] as? String else {
+            throw TestDatabaseError(description: "CreateConversation failed: \(r.text)")
+        }
+        return id
+    }
+
     /// Adds `user` to the group on behalf of `admin`, optionally making them an admin.
     public func add(_ user: Account, to groupID: String, by admin: Account, role: String? = nil) async throws {
         let r = try await post("groups/AddMember", ["group_id": groupID, "member_id": user.id], token: admin.token)
@@ -204,10 +213,7 @@ extension APIClient {
         let group = try await createGroup(owner)
         try await add(admin, to: group, by: owner, role: "admin")
         try await add(member, to: group, by: owner)
-        let c = try await post("threads/CreateConversation", ["group_id": group, "topic": "General"], token: owner.token)
-        guard let cid = (c["conversation"] as? [String: Any])?["id"] as? String else {
-            throw TestDatabaseError(description: "CreateConversation failed: \(c.text)")
-        }
+        let cid = try await createConversation(in: group, topic: "General", by: owner)
         return GroupFixture(owner: owner, admin: admin, member: member, stranger: stranger, groupID: group, conversationID: cid)
     }
 
