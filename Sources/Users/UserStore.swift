@@ -244,15 +244,23 @@ struct UserStore: Sendable {
 
     // MARK: Sessions
 
-    func createSession(userID: String, tokenHash: String, expiresAt: Timestamp, userAgent: String?) async throws {
+    /// Starts a session for the password that was checked against `passwordHash`; false when the
+    /// account is gone or its password changed since (a login racing a password change must not
+    /// outlive it). On PostgreSQL the account's row is held until commit: a change or a deletion
+    /// waiting for it then ends this session too (a change ends sessions, a deletion cascades).
+    func createSession(userID: String, passwordHash: String, tokenHash: String, expiresAt: Timestamp, userAgent: String?) async throws -> Bool {
         let now = Timestamp.now()
-        try await db.write { tx in
+        return try await db.write { tx in
+            let lock = tx.dialect == .postgres ? " FOR SHARE" : ""
+            guard try await tx.first("SELECT password_hash FROM users WHERE id = $1\(lock)", userID)?.string("password_hash") == passwordHash
+            else { return false }
             try await tx.query(
                 """
                 INSERT INTO sessions (id, token_hash, user_id, created_at, last_used_at, expires_at, user_agent)
                 VALUES ($1, $2, $3, $4, $4, $5, $6)
                 """,
                 Secrets.uuid(), tokenHash, userID, now, expiresAt, userAgent)
+            return true
         }
     }
 

@@ -113,7 +113,7 @@ public struct UsersService: ServiceDefinition {
         let hash = try await hasher.hash(req.password)
         let user = try await store.create(
             firstName: first, lastName: last, email: email, username: username, passwordHash: hash)
-        let token = try await startSession(user.id, ctx)
+        let token = try await startSession(user.id, passwordHash: hash, ctx)
         return SessionResponse(user: user, token: token)
     }
 
@@ -137,7 +137,7 @@ public struct UsersService: ServiceDefinition {
             throw ServiceError.unauthorized("invalid email or password")
         }
         await loginAccountLimiter.reset("acct:" + account)
-        let token = try await startSession(found.user.id, ctx)
+        let token = try await startSession(found.user.id, passwordHash: found.passwordHash, ctx)
         return SessionResponse(user: found.user, token: token)
     }
 
@@ -295,12 +295,14 @@ public struct UsersService: ServiceDefinition {
 
     // MARK: Helpers
 
-    func startSession(_ userID: String, _ ctx: CallContext) async throws -> String {
+    /// A new session for the account whose password was checked against `passwordHash`.
+    func startSession(_ userID: String, passwordHash: String, _ ctx: CallContext) async throws -> String {
         let token = Secrets.token()
-        try await store.createSession(
-            userID: userID, tokenHash: Secrets.sha256(token),
+        guard try await store.createSession(
+            userID: userID, passwordHash: passwordHash, tokenHash: Secrets.sha256(token),
             expiresAt: Timestamp.now().adding(seconds: config.sessionLifetime),
             userAgent: ctx.userAgent.map { String($0.prefix(200)) })
+        else { throw ServiceError.unauthorized("invalid email or password") }
         if !ctx.caller.isServiceKey {
             ctx.effects.sessionCookie = .set(token: token, maxAge: Int(config.sessionLifetime))
         }
