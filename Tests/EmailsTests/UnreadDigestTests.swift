@@ -13,7 +13,7 @@ struct UnreadDigestTests {
         try await withTestApp(backend, configure: { config in
             config.mail.unreadDigest = true
             config.workers.enabled = true
-            config.mail.digestDelay = .seconds(1)
+            config.mail.digestDelay = .seconds(Self.delay)
             config.mail.publicURL = "https://chat.example.org"
             config.workers.engine.pollInterval = .milliseconds(100)
         }) { api in
@@ -35,17 +35,26 @@ struct UnreadDigestTests {
             try await say("We meet at 8")
             try await say("Bring <snacks> & drinks")
             let early = try await mails(to: f.member)
-            if Date().timeIntervalSince(start) < 0.9 { #expect(early.isEmpty, "not before the delay") }
-            try await eventually("the digest", seconds: 30) { try await mails(to: f.member).count == 1 }
-            let digest = try await mails(to: f.member)[0]
+            // A host too busy to post three messages within the delay splits the burst in two
+            // digests (right, but not what this checks).
+            let burst = Date().timeIntervalSince(start) < Self.delay * 0.9
+            if burst { #expect(early.isEmpty, "not before the delay") }
+            try await eventually("the digest", seconds: 30) { try await mails(to: f.member).count >= 1 }
+            try await Task.sleep(for: .seconds(Self.delay + 1))
+            let all = try await mails(to: f.member)
+            if !burst {
+                let texts = all.compactMap { $0["text"] as? String }.joined()
+                #expect(["Are you coming tonight?", "We meet at 8", "Bring <snacks> & drinks"].allSatisfy(texts.contains))
+                return
+            }
+            #expect(all.count == 1, "a burst gives one mail")
+            let digest = try #require(all.first)
             #expect(digest["subject"] as? String == "3 unread messages")
             let text = try #require(digest["text"] as? String)
             #expect(text.contains("Owner User: Are you coming tonight?"))
             #expect(text.contains("Owner User: We meet at 8"))
             #expect(text.contains("Read them at https://chat.example.org/chats/\(chat)\n"), "one chat: a link straight to it")
             #expect((digest["html"] as? String)?.contains("Bring &lt;snacks&gt; &amp; drinks") == true)
-            try await Task.sleep(for: .seconds(2))
-            #expect(try await mails(to: f.member).count == 1, "a burst gives one mail")
             #expect(try await mails(to: f.owner).isEmpty, "the author gets none")
 
             // Read within the delay: no mail.
@@ -53,14 +62,17 @@ struct UnreadDigestTests {
             try await say("Never mind")
             let seen = try await api.post("seen/Set", ["resource_type": "chat", "resource_id": chat], token: f.member.token)
             #expect(seen.status == .ok)
-            // (A host too busy to read within the 1 s delay says nothing about reading in time.)
-            let readInTime = Date().timeIntervalSince(sayAt) < 0.9
+            // (A host too busy to read within the delay says nothing about reading in time.)
+            let readInTime = Date().timeIntervalSince(sayAt) < Self.delay * 0.9
             try await eventually("every run completed", seconds: 30) {
                 try await Self.runStatuses(api, key: key) == Array(repeating: "completed", count: 4)
             }
             if readInTime { #expect(try await mails(to: f.member).count == 1) }
         }
     }
+
+    /// Seconds a message may stay unread before its digest (short, for the test).
+    static let delay = 1.5
 
     /// The digests in the development mailbox for `account`: every sign-up also gets a
     /// verification mail, which these tests are not about.
