@@ -221,7 +221,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatTests",
-            dependencies: ["TestSupport", "ServiceKit", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            dependencies: ["TestSupport", "ServiceKit", "Storage", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

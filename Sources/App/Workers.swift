@@ -36,6 +36,11 @@ public struct WorkerSettings: Sendable {
     /// `verteilt serve --no-workers` turns this off (a separate `verteilt worker` runs them).
     public var enabled = true
     public var engine = WorkflowEngine.Configuration()
+    /// How long a removal run waits before it looks again for what requests let through just
+    /// before the deletion wrote after it (a conversation in a deleted group, a read mark of a
+    /// deleted conversation). Nil: the request timeout and five seconds, past which no such
+    /// request commits. A separate `verteilt worker` takes the servers' `--request-timeout`.
+    public var lateWritesSettle: Duration?
     public init() {}
 }
 
@@ -55,8 +60,13 @@ extension Verteilt {
             mailer: mailer, groups: groups, users: users, settings: settings, backoff: config.mail.retryBackoff)
         let account = AccountEmails.functions(
             mailer: mailer, users: users, codes: CodesService(db: db), settings: settings, backoff: config.mail.retryBackoff)
-        let always = [invite, accountRemoval(groups: groups, seen: seen), groupRemoval(threads: threads, seen: seen, invites: invites)]
-            + account
+        let settle = config.workers.lateWritesSettle ?? config.gateway.requestTimeout + .seconds(5)
+        let removals = [
+            accountRemoval(groups: groups, seen: seen, settle: settle),
+            groupRemoval(threads: threads, seen: seen, invites: invites, settle: settle),
+            conversationRemoval(seen: seen, settle: settle),
+        ]
+        let always = [invite] + removals + account
         guard config.mail.unreadDigest else { return always }
         let clients = UnreadDigest.Clients(chats: chats, threads: threads, groups: groups, seen: seen, users: users)
         return always + UnreadDigest.functions(
@@ -64,8 +74,11 @@ extension Verteilt {
     }
 
     /// `group.deleted`: its conversations and their messages go too, and with them the read marks
-    /// and invites that pointed at it (each service's own).
-    static func groupRemoval(threads: any ThreadsClient, seen: any SeenClient, invites: any InvitesClient) -> WorkflowFunction {
+    /// and invites that pointed at it (each service's own). A request that found the group just
+    /// before it went may still add to it; once every such request has ended, all is done again.
+    static func groupRemoval(
+        threads: any ThreadsClient, seen: any SeenClient, invites: any InvitesClient, settle: Duration
+    ) -> WorkflowFunction {
         WorkflowFunction("group-removal", on: Logged<GroupDeleted>.self, retries: 8, idempotencyKey: { $0.payload.id }) { event, step in
             let group = event.payload.id
             // Which conversations, before they go: a retried removal would no longer list them.
@@ -73,17 +86,39 @@ extension Verteilt {
             try await step.run("invites") { try await invites.removeGroup(group) }
             try await step.run("read-marks") { try await seen.forget(type: .thread, ids: ids) }
             try await step.run("conversations") { try await threads.removeGroup(group) }
+            try await step.sleep("requests-under-way", for: settle)
+            let late = try await step.run("late-conversation-ids") { try await threads.conversations(inGroup: group).map(\.id) }
+            try await step.run("late-invites") { try await invites.removeGroup(group) }
+            try await step.run("late-read-marks") { try await seen.forget(type: .thread, ids: ids + late) }
+            try await step.run("late-conversations") { try await threads.removeGroup(group) }
+        }
+    }
+
+    /// `conversation.deleted`: everyone's read marks of it go, again once the requests that
+    /// found it just before it went have ended.
+    static func conversationRemoval(seen: any SeenClient, settle: Duration) -> WorkflowFunction {
+        WorkflowFunction(
+            "conversation-removal", on: Logged<ConversationDeleted>.self, retries: 8, idempotencyKey: { $0.payload.id }
+        ) { event, step in
+            let ids = [event.payload.id]
+            try await step.run("read-marks") { try await seen.forget(type: .thread, ids: ids) }
+            try await step.sleep("requests-under-way", for: settle)
+            try await step.run("late-read-marks") { try await seen.forget(type: .thread, ids: ids) }
         }
     }
 
     /// `user.deleted`: the account leaves its groups, its owned ones passing to someone else, and
-    /// its read marks go. A durable run, not part of the deletion: the users service does not
-    /// reach into other services' tables, and a failure here is retried rather than undoing the
-    /// deletion.
-    static func accountRemoval(groups: any GroupsClient, seen: any SeenClient) -> WorkflowFunction {
+    /// its read marks go; again once the requests it had under way have ended (a group it was
+    /// creating, a read mark it was setting). A durable run, not part of the deletion: the users
+    /// service does not reach into other services' tables, and a failure here is retried rather
+    /// than undoing the deletion.
+    static func accountRemoval(groups: any GroupsClient, seen: any SeenClient, settle: Duration) -> WorkflowFunction {
         WorkflowFunction("account-removal", on: Logged<UserDeleted>.self, retries: 8, idempotencyKey: { $0.payload.id }) { event, step in
             try await step.run("leave-groups") { try await groups.removeAccount(event.payload.id) }
             try await step.run("read-marks") { try await seen.forget(user: event.payload.id) }
+            try await step.sleep("requests-under-way", for: settle)
+            try await step.run("late-leave-groups") { try await groups.removeAccount(event.payload.id) }
+            try await step.run("late-read-marks") { try await seen.forget(user: event.payload.id) }
         }
     }
 

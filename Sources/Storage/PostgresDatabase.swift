@@ -59,6 +59,9 @@ public final class PostgresDatabase: Database {
             do {
                 let tx = Transaction(executor)
                 let result = try await body(tx)
+                // Nor commit once cut off: its caller was told it failed, and a removal that waits out
+                // request deadlines before it looks again must not miss a late write.
+                try Task.checkCancellation()
                 _ = try await executor.query("COMMIT", [])
                 if tx.state.hasEvents { commits.signal() }
                 return result

@@ -95,6 +95,9 @@ public final class SQLiteDatabase: Database {
                 do {
                     let tx = Transaction(writer)
                     let result = try await body(tx)
+                    // Nor commit once cut off: its caller was told it failed, and a removal that waits out
+                    // request deadlines before it looks again must not miss a late write.
+                    try Task.checkCancellation()
                     _ = try await writer.query("COMMIT", [])
                     // Still on the writer's thread and holding the write lock: in commit order.
                     commits.committed(tx.state.events)

@@ -36,7 +36,6 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String?
     @Option(help: "bcrypt cost, 4...31 (env BCRYPT_COST; default 12).") var bcryptCost: UInt8?
     @Option(help: "Largest request body in bytes (default 1048576).") var maxBodySize: Int?
-    @Option(help: "Seconds a request may take before it gets 504 (default 10).") var requestTimeout: Double?
     @Option(help: "Longest message text in characters (default 4000).") var maxTextLength: Int?
     @Flag(help: "Do not run workflow workers in this process (run `verteilt worker` separately).") var noWorkers = false
     @OptionGroup var workers: WorkerOptions
@@ -58,7 +57,6 @@ struct Serve: AsyncParsableCommand {
             guard maxTextLength > 0 else { throw ValidationError("max text length must be positive") }
             config.maxTextLength = maxTextLength
         }
-        if let requestTimeout { config.gateway.requestTimeout = .milliseconds(Int64(requestTimeout * 1000)) }
         if noWorkers { config.workers.enabled = false }
         try workers.apply(&config)
         let app = try await Verteilt.build(config)
@@ -73,8 +71,14 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "Sender of mails (env VERTEILT_MAIL_FROM; default \"Verteilt <noreply@localhost>\").") var mailFrom: String?
     @Option(help: "Base URL of the web app, for links in mails (env VERTEILT_PUBLIC_URL; default http://localhost:PORT).")
     var publicURL: String?
+    @Option(help: "Seconds a request may take before it gets 504 (default 10). Give `verteilt worker` the servers' value: removal runs wait it out before they look again for late writes.")
+    var requestTimeout: Double?
 
     func apply(_ config: inout AppConfiguration) throws {
+        if let requestTimeout {
+            guard requestTimeout > 0 else { throw ValidationError("request timeout must be positive") }
+            config.gateway.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
+        }
         if let workers {
             guard workers > 0 else { throw ValidationError("workers must be positive") }
             config.workers.engine.workers = workers

@@ -1,6 +1,7 @@
 import App
 import Foundation
 import ServiceKit
+import Storage
 import Testing
 import TestSupport
 
@@ -11,6 +12,16 @@ struct DurableRunsTests {
     static let withWorkers: @Sendable (inout AppConfiguration) -> Void = {
         $0.workers.enabled = true
         $0.workers.engine.pollInterval = .milliseconds(100)
+        $0.workers.lateWritesSettle = Self.settle
+    }
+    /// How long removal runs wait before they look again for late writes: long enough that a
+    /// test writes "late" before the second look, short enough to wait for.
+    static let settle: Duration = .seconds(5)
+
+    /// Writes as a request that was let through just before a deletion, and committed after the
+    /// removal run's first pass, would.
+    static func writeLate(_ api: APIClient, _ sql: String, _ values: any SQLBindable...) async throws {
+        try await api.database.write { tx in try await tx.query(sql, values) }
     }
 
     /// A deleted account leaves its groups: one it owned passes to its longest-standing admin
@@ -56,6 +67,19 @@ struct DurableRunsTests {
             }
             try await eventually("the account's read marks gone", seconds: 30) { try await marks(f.owner.id) == 0 }
             #expect(try await marks(f.member.id) == 1)
+
+            // A join and a read mark of the account land after that first pass: the run's second
+            // look, once the requests under way have ended, takes them away.
+            try await Self.writeLate(
+                api, "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)",
+                otherID, f.owner.id, Timestamp.now())
+            try await Self.writeLate(
+                api, "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
+                f.owner.id, f.conversationID, Timestamp.now())
+            try await eventually("the late join undone", seconds: 30) {
+                (try await group(otherID)?["member_ids"] as? [String]) == [f.member.id]
+            }
+            try await eventually("the late read mark gone", seconds: 30) { try await marks(f.owner.id) == 0 }
         }
     }
 
@@ -89,11 +113,59 @@ struct DurableRunsTests {
             let invites = "SELECT COUNT(*) AS n FROM invites WHERE group_id = $1"
             #expect(try await count(marks, f.conversationID) == 0)
             #expect(try await count(invites, f.groupID) == 0)
+
+            // A conversation, an invite and read marks that requests let through just before the
+            // deletion wrote after the first pass: the second look takes them away.
+            let now = Timestamp.now()
+            try await Self.writeLate(
+                api, "INSERT INTO conversations (id, group_id, topic, created_by, created_at, updated_at) VALUES ('late-c', $1, 'Late', $2, $3, $3)",
+                f.groupID, f.member.id, now)
+            try await Self.writeLate(
+                api, "INSERT INTO invites (id, group_id, email, email_lower, code, inviter_id, created_at) VALUES ('late-i', $1, 'x@example.com', 'x@example.com', 'late-code', $2, $3)",
+                f.groupID, f.owner.id, now)
+            for conversation in [f.conversationID, "late-c"] {
+                try await Self.writeLate(
+                    api, "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
+                    f.admin.id, conversation, now)
+            }
+            try await eventually("the late conversation gone", seconds: 30) { try await count(conversations, f.groupID) == 0 }
+            try await eventually("the late invite gone", seconds: 30) { try await count(invites, f.groupID) == 0 }
+            try await eventually("the late read marks gone", seconds: 30) {
+                let (kept, late) = (try await count(marks, f.conversationID), try await count(marks, "late-c"))
+                return kept == 0 && late == 0
+            }
             // Another group's stay.
             #expect(try await count(conversations, other.groupID) == 1)
             #expect(try await count(messages, other.groupID) == 1)
             #expect(try await count(marks, other.conversationID) == 1)
             #expect(try await count(invites, other.groupID) == 1)
+        }
+    }
+
+    /// A deleted conversation's read marks go, everyone's, and again after the requests under
+    /// way when it went have ended; other conversations' stay.
+    @Test(arguments: Backend.all)
+    func aDeletedConversationsReadMarksGoWithIt(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: Self.withWorkers) { api in
+            let f = try await api.fixture()
+            let other = try await api.createConversation(in: f.groupID, topic: "Stays", by: f.owner)
+            for who in [f.owner, f.member] {
+                for c in [f.conversationID, other] {
+                    #expect(try await api.post("seen/Set", ["resource_type": "thread", "resource_id": c], token: who.token).status == .ok)
+                }
+            }
+            @Sendable func marks(_ conversation: String) async throws -> Int {
+                try await api.database.read { conn in
+                    Int(try await conn.first("SELECT COUNT(*) AS n FROM seen WHERE resource_id = $1", conversation)?.int("n") ?? -1)
+                }
+            }
+            #expect(try await api.post("threads/DeleteConversation", ["id": f.conversationID], token: f.owner.token).status == .ok)
+            try await eventually("the read marks gone", seconds: 30) { try await marks(f.conversationID) == 0 }
+            try await Self.writeLate(
+                api, "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
+                f.admin.id, f.conversationID, Timestamp.now())
+            try await eventually("the late read mark gone", seconds: 30) { try await marks(f.conversationID) == 0 }
+            #expect(try await marks(other) == 2)
         }
     }
 }

@@ -75,6 +75,32 @@ struct StorageTests {
         }
     }
 
+    /// A request cut off by its deadline is cancelled while its transaction runs: what it wrote
+    /// is undone, even when the body itself does not notice the cancellation.
+    @Test(arguments: Backend.all)
+    func aWriteCancelledBeforeItCommitsIsUndone(_ backend: Backend) async throws {
+        try await TestDatabase.with(backend, migrations: [notes]) { db in
+            let started = ManagedFlag()
+            let write = Task {
+                try await db.write { tx in
+                    try await tx.query("INSERT INTO notes (text) VALUES ($1)", "late")
+                    try await EventLog.append(tx, NoteCreated.event(Note(text: "late"), audience: "user:1"))
+                    started.set()
+                    // Swallowed: the body goes on as a slow statement would.
+                    try? await Task.sleep(for: .seconds(5))
+                }
+            }
+            while !started.isSet { try await Task.sleep(for: .milliseconds(5)) }
+            write.cancel()
+            await #expect(throws: CancellationError.self) { try await write.value }
+            #expect(try await db.read { try await $0.query("SELECT id FROM notes") }.isEmpty)
+            #expect(try await EventLog.head(db) == 0)
+            // The connection is usable afterwards.
+            try await db.write { tx in try await tx.query("INSERT INTO notes (text) VALUES ($1)", "next") }
+            #expect(try await db.read { try await $0.query("SELECT id FROM notes") }.count == 1)
+        }
+    }
+
     @Test(arguments: Backend.all)
     func uniqueViolationsAreRecognised(_ backend: Backend) async throws {
         try await TestDatabase.with(backend, migrations: [notes]) { db in
