@@ -270,7 +270,7 @@ let package = Package(
         ),
         .testTarget(
             name: "GatewayTests",
-            dependencies: ["TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")],
+            dependencies: ["TestSupport", "App", .product(name: "HummingbirdTesting", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
     ]

@@ -43,7 +43,7 @@ public struct AppConfiguration: Sendable {
     }
 
     /// Applies `VERTEILT_HOST`, `VERTEILT_PORT`, `DATABASE_URL`, `LOG_LEVEL`, `BCRYPT_COST`,
-    /// `VERTEILT_WEB_ROOT`, and the mail and worker variables (`VERTEILT_SMTP_URL`, ..., see the README).
+    /// `VERTEILT_WEB_ROOT`, `VERTEILT_REQUEST_TIMEOUT`, and the mail and worker variables (`VERTEILT_SMTP_URL`, ..., see the README).
     public mutating func applyEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) {
         if let v = env["VERTEILT_HOST"], !v.isEmpty { host = v }
         if let v = env["VERTEILT_PORT"].flatMap(Int.init) { port = v }
@@ -54,8 +54,17 @@ public struct AppConfiguration: Sendable {
         if let v = env["VERTEILT_SMTP_URL"], !v.isEmpty { mail.smtpURL = v }
         if let v = env["VERTEILT_MAIL_FROM"], !v.isEmpty { mail.from = v }
         if let v = env["VERTEILT_PUBLIC_URL"], !v.isEmpty { mail.publicURL = v }
-        if let v = env["VERTEILT_DIGEST_DELAY"].flatMap(Double.init), v > 0 { mail.digestDelay = .milliseconds(Int64(v * 1000)) }
+        if let v = env["VERTEILT_DIGEST_DELAY"].flatMap(Self.seconds) { mail.digestDelay = v }
         if let v = env["VERTEILT_WORKERS"].flatMap(Int.init), v > 0 { workers.engine.workers = v }
-        if let v = env["VERTEILT_WORKFLOW_LEASE"].flatMap(Double.init), v > 0 { workers.engine.lease = .milliseconds(Int64(v * 1000)) }
+        if let v = env["VERTEILT_WORKFLOW_LEASE"].flatMap(Self.seconds) { workers.engine.lease = v }
+        if let v = env["VERTEILT_REQUEST_TIMEOUT"].flatMap(Self.seconds) { gateway.requestTimeout = v }
+    }
+
+    /// A positive, finite number of seconds (at most a year) as a duration; nil for anything else.
+    public static func seconds(_ text: String) -> Duration? { Double(text).flatMap(seconds) }
+
+    public static func seconds(_ value: Double) -> Duration? {
+        guard value.isFinite, value > 0, value <= 365 * 24 * 3600 else { return nil }
+        return .milliseconds(Int64((value * 1000).rounded(.up)))
     }
 }

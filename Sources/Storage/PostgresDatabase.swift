@@ -158,6 +158,9 @@ public final class PostgresDatabase: Database {
                 if error.serverInfo?[.sqlState] == PostgresError.Code.uniqueViolation.raw {
                     throw StorageError.uniqueViolation(error.serverInfo?[.message] ?? "unique violation")
                 }
+                if error.serverInfo?[.sqlState] == PostgresError.Code.foreignKeyViolation.raw {
+                    throw StorageError.foreignKeyViolation(error.serverInfo?[.message] ?? "foreign key violation")
+                }
                 throw error
             }
         }

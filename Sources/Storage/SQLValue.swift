@@ -80,6 +80,8 @@ public enum StorageError: Error, CustomStringConvertible, Equatable {
     case typeMismatch(String)
     /// A unique constraint failed; the caller usually maps it to 409.
     case uniqueViolation(String)
+    /// A row refers to one that is gone (deleted by a transaction that committed meanwhile).
+    case foreignKeyViolation(String)
     case unsupportedURL(String)
     case closed
 
@@ -89,6 +91,7 @@ public enum StorageError: Error, CustomStringConvertible, Equatable {
         case .unexpectedNull(let c): return "unexpected NULL in column \(c)"
         case .typeMismatch(let c): return "unexpected type in column \(c)"
         case .uniqueViolation(let m): return "unique constraint failed: \(m)"
+        case .foreignKeyViolation(let m): return "foreign key constraint failed: \(m)"
         case .unsupportedURL(let u): return "unsupported database URL: \(u)"
         case .closed: return "database is closed"
         }
@@ -97,7 +100,10 @@ public enum StorageError: Error, CustomStringConvertible, Equatable {
 
 extension StorageError: ServiceErrorConvertible {
     public var serviceError: ServiceError {
-        if case .uniqueViolation = self { return .conflict("already exists") }
-        return ServiceError(.internalServerError, "internal error")
+        switch self {
+        case .uniqueViolation: return .conflict("already exists")
+        case .foreignKeyViolation: return .notFound("it was removed meanwhile")
+        default: return ServiceError(.internalServerError, "internal error")
+        }
     }
 }

@@ -140,6 +140,9 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
         if rc & 0xff == SQLITE_CONSTRAINT, message.contains("UNIQUE constraint failed") {
             return StorageError.uniqueViolation(message)
         }
+        if rc & 0xff == SQLITE_CONSTRAINT, message.contains("FOREIGN KEY constraint failed") {
+            return StorageError.foreignKeyViolation(message)
+        }
         return SQLiteError(code: rc, message: message)
     }
 

@@ -215,16 +215,20 @@ struct RunStore: Sendable {
 
     /// Takes one due run for `worker`, honouring concurrency limits. Runs whose lease expired
     /// (their worker died) are due again.
-    func claim(worker: String, now: Timestamp, lease: Duration) async throws -> ClaimedRun? {
-        try await db.write { tx in
+    /// Claims a due run of one of `functions` (the ones this node has: while nodes of two
+    /// versions run, an older one leaves a newer function's runs to the nodes that know it).
+    func claim(worker: String, functions: [String], now: Timestamp, lease: Duration) async throws -> ClaimedRun? {
+        guard !functions.isEmpty else { return nil }
+        return try await db.write { tx in
             let real = Timestamp.now()
             let skip = tx.dialect == .postgres ? " FOR UPDATE SKIP LOCKED" : ""
             let candidates = try await tx.query(
                 """
                 SELECT id, function_id, concurrency_key, concurrency_limit FROM workflow_runs
-                WHERE (status IN ('queued', 'sleeping', 'waiting') AND run_at <= $1) OR (status = 'running' AND locked_until < $2)
+                WHERE ((status IN ('queued', 'sleeping', 'waiting') AND run_at <= $1) OR (status = 'running' AND locked_until < $2))
+                AND function_id IN (\(SQL.list(functions.count, from: 3)))
                 ORDER BY run_at LIMIT 8\(skip)
-                """, now, real)
+                """, [now, real] as [any SQLBindable] + functions)
             for c in candidates {
                 let id = try c.string("id"), function = try c.string("function_id")
                 if let key = try c.optionalString("concurrency_key") {

@@ -147,7 +147,8 @@ public final class WorkflowEngine: Service, Sendable {
                 while work.runs, state.withLockedValue({ $0.busy < configuration.workers }) {
                     let claimed: ClaimedRun?
                     do {
-                        claimed = try await store.claim(worker: workerID, now: clock.now(), lease: configuration.lease)
+                        claimed = try await store.claim(
+                            worker: workerID, functions: Array(functions.keys), now: clock.now(), lease: configuration.lease)
                     } catch {
                         if !Task.isCancelled { logger.warning("claiming a workflow run failed", metadata: ["error": .string(String(reflecting: error))]) }
                         break

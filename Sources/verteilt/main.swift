@@ -71,13 +71,15 @@ struct WorkerOptions: ParsableArguments {
     @Option(help: "Sender of mails (env VERTEILT_MAIL_FROM; default \"Verteilt <noreply@localhost>\").") var mailFrom: String?
     @Option(help: "Base URL of the web app, for links in mails (env VERTEILT_PUBLIC_URL; default http://localhost:PORT).")
     var publicURL: String?
-    @Option(help: "Seconds a request may take before it gets 504 (default 10). Give `verteilt worker` the servers' value: removal runs wait it out before they look again for late writes.")
+    @Option(help: "Seconds a request may take before it gets 504 (env VERTEILT_REQUEST_TIMEOUT; default 10). Give `verteilt worker` the servers' value: removal runs wait it out before they look again for late writes.")
     var requestTimeout: Double?
 
     func apply(_ config: inout AppConfiguration) throws {
         if let requestTimeout {
-            guard requestTimeout > 0 else { throw ValidationError("request timeout must be positive") }
-            config.gateway.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
+            guard let timeout = AppConfiguration.seconds(requestTimeout) else {
+                throw ValidationError("request timeout must be a positive number of seconds, at most a year")
+            }
+            config.gateway.requestTimeout = timeout
         }
         if let workers {
             guard workers > 0 else { throw ValidationError("workers must be positive") }

@@ -16,12 +16,21 @@ struct DurableRunsTests {
     }
     /// How long removal runs wait before they look again for late writes: long enough that a
     /// test writes "late" before the second look, short enough to wait for.
-    static let settle: Duration = .seconds(5)
+    static let settle: Duration = .seconds(10)
 
     /// Writes as a request that was let through just before a deletion, and committed after the
-    /// removal run's first pass, would.
-    static func writeLate(_ api: APIClient, _ sql: String, _ values: any SQLBindable...) async throws {
+    /// removal run's first pass, would; and checks that `function`'s second look is still to come
+    /// (else a host too slow for this test, not a fault of the removal, made it fail).
+    static func writeLate(_ api: APIClient, before function: String, _ sql: String, _ values: any SQLBindable...) async throws {
         try await api.database.write { tx in try await tx.query(sql, values) }
+        let looked = try await api.database.read { conn in
+            try await conn.first(
+                """
+                SELECT COUNT(*) AS n FROM workflow_steps s JOIN workflow_runs r ON r.id = s.run_id
+                WHERE r.function_id = $1 AND s.name LIKE 'late-%'
+                """, function)?.int("n") ?? 0
+        }
+        #expect(looked == 0, "the test wrote after the second look of \(function): too slow a host for this test")
     }
 
     /// A deleted account leaves its groups: one it owned passes to its longest-standing admin
@@ -71,10 +80,10 @@ struct DurableRunsTests {
             // A join and a read mark of the account land after that first pass: the run's second
             // look, once the requests under way have ended, takes them away.
             try await Self.writeLate(
-                api, "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)",
+                api, before: "account-removal", "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES ($1, $2, 'member', $3)",
                 otherID, f.owner.id, Timestamp.now())
             try await Self.writeLate(
-                api, "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
+                api, before: "account-removal", "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
                 f.owner.id, f.conversationID, Timestamp.now())
             try await eventually("the late join undone", seconds: 30) {
                 (try await group(otherID)?["member_ids"] as? [String]) == [f.member.id]
@@ -118,14 +127,14 @@ struct DurableRunsTests {
             // deletion wrote after the first pass: the second look takes them away.
             let now = Timestamp.now()
             try await Self.writeLate(
-                api, "INSERT INTO conversations (id, group_id, topic, created_by, created_at, updated_at) VALUES ('late-c', $1, 'Late', $2, $3, $3)",
+                api, before: "group-removal", "INSERT INTO conversations (id, group_id, topic, created_by, created_at, updated_at) VALUES ('late-c', $1, 'Late', $2, $3, $3)",
                 f.groupID, f.member.id, now)
             try await Self.writeLate(
-                api, "INSERT INTO invites (id, group_id, email, email_lower, code, inviter_id, created_at) VALUES ('late-i', $1, 'x@example.com', 'x@example.com', 'late-code', $2, $3)",
+                api, before: "group-removal", "INSERT INTO invites (id, group_id, email, email_lower, code, inviter_id, created_at) VALUES ('late-i', $1, 'x@example.com', 'x@example.com', 'late-code', $2, $3)",
                 f.groupID, f.owner.id, now)
             for conversation in [f.conversationID, "late-c"] {
                 try await Self.writeLate(
-                    api, "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
+                    api, before: "group-removal", "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
                     f.admin.id, conversation, now)
             }
             try await eventually("the late conversation gone", seconds: 30) { try await count(conversations, f.groupID) == 0 }
@@ -162,7 +171,7 @@ struct DurableRunsTests {
             #expect(try await api.post("threads/DeleteConversation", ["id": f.conversationID], token: f.owner.token).status == .ok)
             try await eventually("the read marks gone", seconds: 30) { try await marks(f.conversationID) == 0 }
             try await Self.writeLate(
-                api, "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
+                api, before: "conversation-removal", "INSERT INTO seen (user_id, resource_type, resource_id, seen_at) VALUES ($1, 'thread', $2, $3)",
                 f.admin.id, f.conversationID, Timestamp.now())
             try await eventually("the late read mark gone", seconds: 30) { try await marks(f.conversationID) == 0 }
             #expect(try await marks(other) == 2)

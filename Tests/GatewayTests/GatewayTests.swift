@@ -1,3 +1,4 @@
+import App
 import Foundation
 import HTTPTypes
 import Testing
@@ -97,6 +98,18 @@ struct GatewayTests {
             let events = try await api.database.read { try await $0.query("SELECT seq FROM events") }
             #expect(events.isEmpty)
         }
+    }
+
+    /// The deadline (and the other durations read from the environment) take a positive, finite
+    /// number of seconds; anything else keeps the default rather than crashing the server.
+    @Test func durationsFromTheEnvironmentAreCheckedNumbers() {
+        var config = AppConfiguration()
+        config.applyEnvironment(["VERTEILT_REQUEST_TIMEOUT": "2.5", "VERTEILT_WORKFLOW_LEASE": "inf", "VERTEILT_DIGEST_DELAY": "-3"])
+        #expect(config.gateway.requestTimeout == .milliseconds(2500))
+        #expect(config.workers.engine.lease == AppConfiguration().workers.engine.lease)
+        #expect(config.mail.digestDelay == AppConfiguration().mail.digestDelay)
+        for bad in ["inf", "nan", "0", "-1", "1e300", "ten", ""] { #expect(AppConfiguration.seconds(bad) == nil, "\(bad)") }
+        #expect(AppConfiguration.seconds("0.0001") == .milliseconds(1))
     }
 
     @Test(arguments: Backend.all)

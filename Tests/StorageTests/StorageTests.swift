@@ -117,6 +117,27 @@ struct StorageTests {
         }
     }
 
+    /// A row referring to one deleted meanwhile is a 404 for the caller, not a 500.
+    @Test(arguments: Backend.all)
+    func foreignKeyViolationsAreRecognised(_ backend: Backend) async throws {
+        let tags = Migration(service: "tags", version: 1, [
+            "CREATE TABLE tagged (note TEXT NOT NULL REFERENCES tag_notes (text) ON DELETE CASCADE, tag TEXT NOT NULL)",
+        ])
+        let parents = Migration(service: "tag_notes", version: 1, ["CREATE TABLE tag_notes (text TEXT PRIMARY KEY)"])
+        try await TestDatabase.with(backend, migrations: [parents, tags]) { db in
+            try await db.write { try await $0.query("INSERT INTO tag_notes (text) VALUES ($1)", "there") }
+            try await db.write { try await $0.query("INSERT INTO tagged (note, tag) VALUES ($1, $2)", "there", "a") }
+            do {
+                try await db.write { try await $0.query("INSERT INTO tagged (note, tag) VALUES ($1, $2)", "gone", "b") }
+                Issue.record("expected a foreign key violation")
+            } catch let error as StorageError {
+                guard case .foreignKeyViolation = error else { Issue.record("wrong error \(error)"); return }
+                #expect((error as any ServiceErrorConvertible).serviceError.status == .notFound)
+            }
+            #expect(try await db.read { try await $0.query("SELECT tag FROM tagged") }.count == 1)
+        }
+    }
+
     @Test(arguments: Backend.all)
     func eventsAreInCommitOrderUnderConcurrentWriters(_ backend: Backend) async throws {
         try await TestDatabase.with(backend, migrations: [notes]) { db in

@@ -86,6 +86,29 @@ struct EngineTests {
         }
     }
 
+    /// While nodes of two versions share the database, an older node leaves the runs of a
+    /// function it does not have to the nodes that do (it used to fail them for good).
+    @Test(arguments: Backend.all)
+    func aNodeLeavesRunsOfFunctionsItDoesNotHave(_ backend: Backend) async throws {
+        let probe = Probe()
+        let known = WorkflowFunction("known", on: Ping.self) { _, step in try await step.run("hit") { probe.hit("known") } }
+        try await withEngines(backend, [known]) { db, _ in
+            try await db.write { tx in
+                try await tx.query(
+                    """
+                    INSERT INTO workflow_runs (id, function_id, event_type, event_payload, event_seq, idempotency_key,
+                        concurrency_limit, status, run_at, created_at)
+                    VALUES ('newer-run', 'newer', 'test.ping', '{"id":"n"}', 0, 'n', 0, 'queued', $1, $1)
+                    """, Timestamp(microseconds: 0))
+            }
+            try await send(db, Ping(id: "after"))
+            try await eventually("the known run done") { try await runs(db, function: "known").first?.status == "completed" }
+            try await Task.sleep(for: .milliseconds(300))
+            let newer = try #require(try await runs(db, function: "newer").first)
+            #expect(newer.status == "queued" && newer.attempts == 0, "\(newer)")
+        }
+    }
+
     @Test(arguments: Backend.all)
     func sleepsWakeOnTimeAndSurviveTheirWorker(_ backend: Backend) async throws {
         let probe = Probe()
