@@ -99,12 +99,14 @@ struct AccountTests {
         }
     }
 
-    /// A login checks the password (slow, on purpose), then starts a session. A password change
+    /// A login checks the password (slow, on purpose), then starts a session (bcrypt cost 10:
+    /// slow enough to race, cheap enough not to starve the suites beside it; 12 made other
+    /// tests' requests time out in CI). A password change
     /// or an account deletion committed in between must not leave that session behind: one
     /// started with the old password, or one of an account that is gone (a 500 before).
     @Test(arguments: Backend.all)
     func aLoginRacingAPasswordChangeOrADeletionDoesNotOutliveIt(_ backend: Backend) async throws {
-        try await withTestApp(backend, configure: { $0.bcryptCost = 12 }) { api in
+        try await withTestApp(backend, configure: { $0.bcryptCost = 10 }) { api in
             let key = try await api.serviceKey()
             let clock = ContinuousClock()
             @Sendable func sessions(_ user: String) async throws -> Int {
