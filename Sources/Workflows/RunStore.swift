@@ -217,7 +217,7 @@ struct RunStore: Sendable {
     /// (their worker died) are due again.
     /// Claims a due run of one of `functions` (the ones this node has: while nodes of two
     /// versions run, an older one leaves a newer function's runs to the nodes that know it).
-    func claim(worker: String, functions: [String], now: Timestamp, lease: Duration) async throws -> ClaimedRun? {
+    func claim(worker: String, functions: Set<String>, now: Timestamp, lease: Duration) async throws -> ClaimedRun? {
         guard !functions.isEmpty else { return nil }
         return try await db.write { tx in
             let real = Timestamp.now()
@@ -228,7 +228,7 @@ struct RunStore: Sendable {
                 WHERE ((status IN ('queued', 'sleeping', 'waiting') AND run_at <= $1) OR (status = 'running' AND locked_until < $2))
                 AND function_id IN (\(SQL.list(functions.count, from: 3)))
                 ORDER BY run_at LIMIT 8\(skip)
-                """, [now, real] as [any SQLBindable] + functions)
+                """, [now, real] as [any SQLBindable] + functions.sorted())
             for c in candidates {
                 let id = try c.string("id"), function = try c.string("function_id")
                 if let key = try c.optionalString("concurrency_key") {
@@ -281,21 +281,33 @@ struct RunStore: Sendable {
         static let all = Work(events: true, runs: true)
     }
 
-    /// Whether the log has events not yet dispatched, and whether a run is due (or its worker died).
-    func work(now: Timestamp) async throws -> Work {
+    /// Whether the log has events not yet dispatched, and whether a run of `functions` is due (or
+    /// its worker died).
+    func work(now: Timestamp, functions: Set<String>) async throws -> Work {
         try await db.read { conn in
             let row = try await conn.first(
                 """
                 SELECT (SELECT seq FROM workflow_cursor WHERE name = 'events') AS cursor,
-                       (SELECT COALESCE(MAX(seq), 0) FROM events) AS head,
-                       (SELECT MIN(run_at) FROM workflow_runs WHERE status IN ('queued', 'sleeping', 'waiting')) AS due,
-                       (SELECT MIN(locked_until) FROM workflow_runs WHERE status = 'running') AS lease
+                       (SELECT COALESCE(MAX(seq), 0) FROM events) AS head
                 """)
             guard let row else { return .all }
-            let due = try row.optionalTimestamp("due").map { $0 <= now } ?? false
-            let expired = try row.optionalTimestamp("lease").map { $0 < Timestamp.now() } ?? false
-            return Work(events: try row.int("head") > row.int("cursor"), runs: due || expired)
+            let due = try await Self.earliest(conn, "run_at", where: "status IN ('queued', 'sleeping', 'waiting')", of: functions)
+            let lease = try await Self.earliest(conn, "locked_until", where: "status = 'running'", of: functions)
+            let expired = lease.map { $0 < Timestamp.now() } ?? false
+            return Work(events: try row.int("head") > row.int("cursor"), runs: (due.map { $0 <= now } ?? false) || expired)
         }
+    }
+
+    /// The earliest `column` of the runs matching `condition` among `functions`' runs. Another
+    /// version's functions' runs are not this node's work: counting them, a due one it cannot
+    /// claim would wake the engine again at once, for ever.
+    private static func earliest(
+        _ conn: any SQLExecutor, _ column: String, where condition: String, of functions: Set<String>
+    ) async throws -> Timestamp? {
+        try await conn.query("SELECT function_id, MIN(\(column)) AS t FROM workflow_runs WHERE \(condition) GROUP BY function_id")
+            .filter { functions.contains(try $0.string("function_id")) }
+            .compactMap { try $0.optionalTimestamp("t") }
+            .min()
     }
 
     /// Extends the lease; false when the run is no longer this worker's.
@@ -308,12 +320,10 @@ struct RunStore: Sendable {
         }
     }
 
-    /// The earliest time a sleeping, waiting or retrying run is due, for the timer.
-    func nextDue() async throws -> Timestamp? {
+    /// The earliest time a sleeping, waiting or retrying run of `functions` is due, for the timer.
+    func nextDue(functions: Set<String>) async throws -> Timestamp? {
         try await db.read { conn in
-            try await conn.first(
-                "SELECT MIN(run_at) AS due FROM workflow_runs WHERE status IN ('queued', 'sleeping', 'waiting')"
-            )?.optionalTimestamp("due")
+            try await Self.earliest(conn, "run_at", where: "status IN ('queued', 'sleeping', 'waiting')", of: functions)
         }
     }
 

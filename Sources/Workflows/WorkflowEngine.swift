@@ -33,6 +33,8 @@ public final class WorkflowEngine: Service, Sendable {
     let store: RunStore
     let db: any Database
     let functions: [String: WorkflowFunction]
+    /// Their ids: a node claims and waits for runs of these only.
+    let functionIDs: Set<String>
     let ordered: [WorkflowFunction]
     let clock: any WorkflowClock
     let configuration: Configuration
@@ -57,6 +59,7 @@ public final class WorkflowEngine: Service, Sendable {
         self.db = db
         self.store = RunStore(db: db)
         self.functions = byID
+        self.functionIDs = Set(byID.keys)
         self.ordered = functions
         self.clock = clock
         self.configuration = configuration
@@ -101,7 +104,7 @@ public final class WorkflowEngine: Service, Sendable {
     /// Re-reads the schedule at least every poll interval, and at once when this node changed it.
     private func timer() async {
         while !Task.isCancelled {
-            let due = (try? await store.nextDue()) ?? nil
+            let due = (try? await store.nextDue(functions: functionIDs)) ?? nil
             let cap = clock.now().adding(seconds: configuration.pollInterval.seconds)
             let target = min(due ?? cap, cap)
             let clock = self.clock
@@ -123,7 +126,7 @@ public final class WorkflowEngine: Service, Sendable {
             for await _ in wakeStream {
                 // Most wake-ups (polls, commits of unrelated writes) find nothing to do: one cheap
                 // read decides, so idle workers do not take the write lock every second.
-                var work = (try? await store.work(now: clock.now())) ?? .all
+                var work = (try? await store.work(now: clock.now(), functions: functionIDs)) ?? .all
                 if hasSchedules { work = .all }
                 guard work.events || work.runs else { continue }
                 var dispatched = 0
@@ -148,7 +151,7 @@ public final class WorkflowEngine: Service, Sendable {
                     let claimed: ClaimedRun?
                     do {
                         claimed = try await store.claim(
-                            worker: workerID, functions: Array(functions.keys), now: clock.now(), lease: configuration.lease)
+                            worker: workerID, functions: functionIDs, now: clock.now(), lease: configuration.lease)
                     } catch {
                         if !Task.isCancelled { logger.warning("claiming a workflow run failed", metadata: ["error": .string(String(reflecting: error))]) }
                         break
@@ -177,9 +180,9 @@ public final class WorkflowEngine: Service, Sendable {
         log[metadataKey: "run_id"] = .string(run.id)
         log[metadataKey: "function"] = .string(run.functionID)
         guard let function = functions[run.functionID] else {
-            _ = try? await store.fail(
-                run: run.id, worker: workerID, step: nil, position: 0, error: "no function \(run.functionID) on this node",
-                retryable: false, retries: 0, backoff: Backoff(), now: clock.now())
+            // `claim` hands out runs of this node's functions only; were it not so, the lease
+            // runs out and a node that has the function takes the run.
+            log.error("claimed a run of a function this node does not have")
             return
         }
         let step = Step(runID: run.id, attempt: run.attempt, store: store, worker: workerID, clock: clock,

@@ -106,6 +106,11 @@ struct EngineTests {
             try await Task.sleep(for: .milliseconds(300))
             let newer = try #require(try await runs(db, function: "newer").first)
             #expect(newer.status == "queued" && newer.attempts == 0, "\(newer)")
+            // Nor is it this node's work: a due run it cannot claim would wake it again at once.
+            let store = RunStore(db: db)
+            #expect(try await store.work(now: Timestamp.now(), functions: ["known"]).runs == false)
+            #expect(try await store.nextDue(functions: ["known"]) == nil)
+            #expect(try await store.nextDue(functions: ["known", "newer"]) == Timestamp(microseconds: 0))
         }
     }
 
