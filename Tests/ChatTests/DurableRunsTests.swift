@@ -23,7 +23,8 @@ struct DurableRunsTests {
     /// (else a host too slow for this test, not a fault of the removal, made it fail).
     static func writeLate(_ api: APIClient, before function: String, _ sql: String, _ values: any SQLBindable...) async throws {
         try await api.database.write { tx in try await tx.query(sql, values) }
-        // The wait before the second look is marked done before that look starts.
+        // The wait before the second look is marked done before that look starts (no row yet:
+        // the run has not reached the wait).
         let waiting = try await api.database.read { conn in
             try await conn.first(
                 """
@@ -31,7 +32,7 @@ struct DurableRunsTests {
                 WHERE r.function_id = $1 AND s.name = 'requests-under-way'
                 """, function)?.string("status")
         }
-        #expect(waiting == "sleeping", "the test wrote after the second look of \(function): too slow a host for this test")
+        #expect(waiting != "completed", "the test wrote after the second look of \(function): too slow a host for this test")
     }
 
     /// A deleted account leaves its groups: one it owned passes to its longest-standing admin
