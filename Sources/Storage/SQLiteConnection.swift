@@ -137,11 +137,9 @@ final class SQLiteConnection: SQLExecutor, @unchecked Sendable {
 
     private func error(_ rc: Int32, _ handle: OpaquePointer) -> any Error {
         let message = String(cString: sqlite_nio_sqlite3_errmsg(handle))
-        if rc & 0xff == SQLITE_CONSTRAINT, message.contains("UNIQUE constraint failed") {
-            return StorageError.uniqueViolation(message)
-        }
-        if rc & 0xff == SQLITE_CONSTRAINT, message.contains("FOREIGN KEY constraint failed") {
-            return StorageError.foreignKeyViolation(message)
+        if rc & 0xff == SQLITE_CONSTRAINT {
+            if message.contains("UNIQUE constraint failed") { return StorageError.uniqueViolation(message) }
+            if message.contains("FOREIGN KEY constraint failed") { return StorageError.foreignKeyViolation(message) }
         }
         return SQLiteError(code: rc, message: message)
     }

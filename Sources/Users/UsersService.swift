@@ -134,7 +134,7 @@ public struct UsersService: ServiceDefinition {
             throw ServiceError.invalidField("email", "is required (or username)")
         }
         guard try await hasher.verify(req.password, hash: found?.passwordHash), let found else {
-            throw ServiceError.unauthorized("invalid email or password")
+            throw Self.invalidCredentials
         }
         await loginAccountLimiter.reset("acct:" + account)
         let token = try await startSession(found.user.id, passwordHash: found.passwordHash, ctx)
@@ -295,6 +295,9 @@ public struct UsersService: ServiceDefinition {
 
     // MARK: Helpers
 
+    /// A wrong password, an unknown account, and a session that can no longer start all read alike.
+    static let invalidCredentials = ServiceError.unauthorized("invalid email or password")
+
     /// A new session for the account whose password was checked against `passwordHash`.
     func startSession(_ userID: String, passwordHash: String, _ ctx: CallContext) async throws -> String {
         let token = Secrets.token()
@@ -302,7 +305,7 @@ public struct UsersService: ServiceDefinition {
             userID: userID, passwordHash: passwordHash, tokenHash: Secrets.sha256(token),
             expiresAt: Timestamp.now().adding(seconds: config.sessionLifetime),
             userAgent: ctx.userAgent.map { String($0.prefix(200)) })
-        else { throw ServiceError.unauthorized("invalid email or password") }
+        else { throw Self.invalidCredentials }
         if !ctx.caller.isServiceKey {
             ctx.effects.sessionCookie = .set(token: token, maxAge: Int(config.sessionLifetime))
         }

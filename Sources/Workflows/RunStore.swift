@@ -213,10 +213,9 @@ struct RunStore: Sendable {
         }
     }
 
-    /// Takes one due run for `worker`, honouring concurrency limits. Runs whose lease expired
-    /// (their worker died) are due again.
-    /// Claims a due run of one of `functions` (the ones this node has: while nodes of two
-    /// versions run, an older one leaves a newer function's runs to the nodes that know it).
+    /// Takes one due run of `functions` for `worker`, honouring concurrency limits. Runs whose
+    /// lease expired (their worker died) are due again. Only this node's functions: while nodes
+    /// of two versions run, an older one leaves a newer function's runs to the nodes that know it.
     func claim(worker: String, functions: Set<String>, now: Timestamp, lease: Duration) async throws -> ClaimedRun? {
         guard !functions.isEmpty else { return nil }
         return try await db.write { tx in
@@ -291,23 +290,31 @@ struct RunStore: Sendable {
                        (SELECT COALESCE(MAX(seq), 0) FROM events) AS head
                 """)
             guard let row else { return .all }
-            let due = try await Self.earliest(conn, "run_at", where: "status IN ('queued', 'sleeping', 'waiting')", of: functions)
-            let lease = try await Self.earliest(conn, "locked_until", where: "status = 'running'", of: functions)
+            let (due, lease) = try await Self.schedule(conn, of: functions)
             let expired = lease.map { $0 < Timestamp.now() } ?? false
             return Work(events: try row.int("head") > row.int("cursor"), runs: (due.map { $0 <= now } ?? false) || expired)
         }
     }
 
-    /// The earliest `column` of the runs matching `condition` among `functions`' runs. Another
+    /// When `functions`' first run falls due, and when their first lease runs out. Another
     /// version's functions' runs are not this node's work: counting them, a due one it cannot
     /// claim would wake the engine again at once, for ever.
-    private static func earliest(
-        _ conn: any SQLExecutor, _ column: String, where condition: String, of functions: Set<String>
-    ) async throws -> Timestamp? {
-        try await conn.query("SELECT function_id, MIN(\(column)) AS t FROM workflow_runs WHERE \(condition) GROUP BY function_id")
-            .filter { functions.contains(try $0.string("function_id")) }
-            .compactMap { try $0.optionalTimestamp("t") }
-            .min()
+    private static func schedule(
+        _ conn: any SQLExecutor, of functions: Set<String>
+    ) async throws -> (due: Timestamp?, lease: Timestamp?) {
+        let rows = try await conn.query(
+            """
+            SELECT function_id,
+                   MIN(CASE WHEN status = 'running' THEN NULL ELSE run_at END) AS due,
+                   MIN(CASE WHEN status = 'running' THEN locked_until END) AS lease
+            FROM workflow_runs WHERE status IN ('queued', 'sleeping', 'waiting', 'running') GROUP BY function_id
+            """)
+        var due: Timestamp?, lease: Timestamp?
+        for row in rows where functions.contains(try row.string("function_id")) {
+            if let t = try row.optionalTimestamp("due") { due = min(due ?? t, t) }
+            if let t = try row.optionalTimestamp("lease") { lease = min(lease ?? t, t) }
+        }
+        return (due, lease)
     }
 
     /// Extends the lease; false when the run is no longer this worker's.
@@ -323,7 +330,7 @@ struct RunStore: Sendable {
     /// The earliest time a sleeping, waiting or retrying run of `functions` is due, for the timer.
     func nextDue(functions: Set<String>) async throws -> Timestamp? {
         try await db.read { conn in
-            try await Self.earliest(conn, "run_at", where: "status IN ('queued', 'sleeping', 'waiting')", of: functions)
+            try await Self.schedule(conn, of: functions).due
         }
     }
 
