@@ -61,8 +61,10 @@ final class StalledSocket: Sendable {
     }
 
     /// Reads everything that arrived until the server closed the connection and returns the
-    /// text frames, and the close code if a close frame made it through.
-    func drain(timeout: Duration = .seconds(10)) async throws -> (texts: [String], closeCode: UInt16?) {
+    /// text frames, and the close code if a close frame made it through. The timeout is long (a
+    /// loaded CI host once took more than 10 s; unloaded it takes milliseconds), and its failure
+    /// says what had arrived, to tell a server that kept the socket open from a slow host.
+    func drain(timeout: Duration = .seconds(45)) async throws -> (texts: [String], closeCode: UInt16?) {
         try await channel.setOption(ChannelOptions.autoRead, value: true).get()
         channel.read()
         let closed = collector.closed.futureResult
@@ -70,7 +72,8 @@ final class StalledSocket: Sendable {
             group.addTask { try await closed.get() }
             group.addTask {
                 try await Task.sleep(for: timeout)
-                throw Failure(description: "the server did not close the connection")
+                let received = self.collector.bytes.withLockedValue { $0.readableBytes }
+                throw Failure(description: "the server did not close the connection within \(timeout) (\(received) bytes read, channel active: \(self.channel.isActive))")
             }
             try await group.next()
             group.cancelAll()

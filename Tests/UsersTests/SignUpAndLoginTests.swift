@@ -209,7 +209,14 @@ struct SignUpAndLoginTests {
         try await withTestApp(backend, configure: { $0.users.sessionLifetime = 10 }) { api in
             let acct = try await api.signUp()
             let signedUp = ContinuousClock.now
-            #expect(try await api.post("users/Read", ["ids": [acct.id]], token: acct.token).status == .ok)
+            let fresh = try await api.post("users/Read", ["ids": [acct.id]], token: acct.token)
+            // A CI host in its busiest minute once answered only after the lifetime: then the
+            // session may already have expired, and that answer says nothing.
+            if ContinuousClock.now - signedUp < .seconds(10) {
+                #expect(fresh.status == .ok, "a session \(ContinuousClock.now - signedUp) old")
+            } else {
+                #expect(fresh.status == .ok || fresh.status == .unauthorized, "status \(fresh.status)")
+            }
             try await Task.sleep(until: signedUp + .milliseconds(10_200))
             let r = try await api.post("users/Read", ["ids": [acct.id]], token: acct.token)
             #expect(r.status == .unauthorized)
