@@ -90,17 +90,18 @@ final class WSClient: Sendable {
     }
 
     /// The next frame as JSON, skipping presence notices (they come whenever people connect),
-    /// or a failure after `timeout`.
-    func next(timeout: Duration = .seconds(5)) async throws -> [String: Any] {
+    /// or a failure after `timeout`: generous, as a frame that is due arrives in milliseconds
+    /// and a starved CI host once took over 5 s.
+    func next(timeout: Duration = .seconds(15)) async throws -> [String: Any] {
         try await next(where: { $0["type"] as? String != "presence" }, timeout: timeout)
     }
 
-    func nextAny(timeout: Duration = .seconds(5)) async throws -> [String: Any] {
+    func nextAny(timeout: Duration = .seconds(15)) async throws -> [String: Any] {
         let text = try await nextText(timeout: timeout)
         return (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]) ?? [:]
     }
 
-    func nextText(timeout: Duration = .seconds(5)) async throws -> String {
+    func nextText(timeout: Duration = .seconds(15)) async throws -> String {
         let box = iterator
         return try await withThrowingTaskGroup(of: String?.self) { group in
             group.addTask {
@@ -123,7 +124,7 @@ final class WSClient: Sendable {
     }
 
     /// Frames until one matches, failing on a timeout.
-    func next(where match: ([String: Any]) -> Bool, timeout: Duration = .seconds(5)) async throws -> [String: Any] {
+    func next(where match: ([String: Any]) -> Bool, timeout: Duration = .seconds(15)) async throws -> [String: Any] {
         while true {
             let f = try await nextAny(timeout: timeout)
             if match(f) { return f }
@@ -147,7 +148,7 @@ final class WSClient: Sendable {
     }
 
     /// Waits for the connection to end and returns the server's close code.
-    func closeCode(timeout: Duration = .seconds(5)) async throws -> UInt16? {
+    func closeCode(timeout: Duration = .seconds(15)) async throws -> UInt16? {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while ContinuousClock.now < deadline {
             if let result = ended.withLockedValue({ $0 }) { return result }
