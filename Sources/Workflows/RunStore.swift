@@ -114,6 +114,12 @@ struct RunStore: Sendable {
         Migration(service: "workflows", version: 2, [
             "CREATE TABLE workflow_schedules (function_id TEXT PRIMARY KEY, last_at BIGINT NOT NULL)"
         ]),
+        // Where each function's runs were last started from: a node starts runs only for the
+        // functions it has, so a function new in a version must not depend on older nodes
+        // (which pass events on the shared cursor) having started its runs.
+        Migration(service: "workflows", version: 3, [
+            "CREATE TABLE workflow_start_cursors (function_id TEXT PRIMARY KEY, seq BIGINT NOT NULL)"
+        ]),
     ]
 
     // MARK: Dispatching events to runs
@@ -121,20 +127,44 @@ struct RunStore: Sendable {
     /// Events one dispatch transaction handles at most; fewer means it caught up.
     static let dispatchBatch = 500
 
+    /// Gives each event-triggered function of this node a start cursor, at the shared cursor, if
+    /// it has none: a function new in this version starts runs for the events from the moment
+    /// its first node started, whichever nodes dispatch them meanwhile.
+    func register(functions: [WorkflowFunction]) async throws {
+        let ids = functions.filter { $0.schedule == nil }.map(\.id)
+        guard !ids.isEmpty else { return }
+        try await db.write { tx in
+            for id in ids {
+                try await tx.query(
+                    """
+                    INSERT INTO workflow_start_cursors (function_id, seq)
+                    SELECT $1, seq FROM workflow_cursor WHERE name = 'events' ON CONFLICT (function_id) DO NOTHING
+                    """, id)
+            }
+        }
+    }
+
     /// Starts runs for new events, completes the waits they match and cancels the runs they
-    /// cancel; moves the cursor past them. Returns how many events it handled (0: caught up, or
-    /// another node is dispatching) and whether anything became runnable.
+    /// cancel; moves the cursors past them. Waits and cancellations follow the shared cursor
+    /// (they are rows, whichever version wrote them); starting runs follows each function's own
+    /// cursor, which may lag behind the shared one where an older node, without the function,
+    /// dispatched. Returns how many events it read (0: caught up, or another node is
+    /// dispatching) and whether anything became runnable.
     func dispatch(functions: [WorkflowFunction], now: Timestamp, batch: Int = dispatchBatch) async throws -> (events: Int, runnable: Bool) {
         try await db.write { tx in
+            // Every dispatcher, of any version, takes the shared cursor first: one at a time.
             guard let cursor = try await lockCursor(tx, wait: false) else { return (0, false) }
+            let triggered = functions.filter { $0.schedule == nil }
+            let starts = try await Self.startCursors(tx, of: triggered, default: cursor)
+            let from = min(cursor, starts.values.min() ?? cursor)
             let events = try await tx.query(
-                "SELECT seq, type, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", cursor, batch)
+                "SELECT seq, type, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", from, batch)
             guard !events.isEmpty else { return (0, false) }
             var runnable = false
             let cancelTypes = Set(functions.compactMap(\.cancelEvent))
             for e in events {
                 let seq = try e.int("seq"), type = try e.string("type"), payload = try e.string("payload")
-                for f in functions where f.trigger == type && f.schedule == nil {
+                for f in triggered where f.trigger == type && seq > starts[f.id]! {
                     let admission: WorkflowFunction.Admission?
                     do {
                         admission = try f.admit(payload, seq)
@@ -155,8 +185,17 @@ struct RunStore: Sendable {
                         a.concurrencyKey, a.concurrencyLimit, f.cancelEvent, cancelMatch, now,
                         // Whole milliseconds, as the API writes them: a page cursor read back is exact.
                         Timestamp(microseconds: now.microseconds / 1000 * 1000))
-                    if !inserted.isEmpty { runnable = true }
+                    guard let run = try inserted.first?.string("id") else { continue }
+                    runnable = true
+                    // Started late (an older node passed the event): a cancelling event since
+                    // then was dispatched before the run existed.
+                    if seq <= cursor, let cancelEvent = f.cancelEvent, let match = a.cancelMatch,
+                       let by = try await Self.firstMatch(tx, type: cancelEvent, after: seq, through: cursor, match: match) {
+                        try await cancel(tx, run: run, reason: "cancelled by \(cancelEvent) #\(by)", now: now)
+                    }
                 }
+                // Waits and cancellations: once per event, on the shared cursor.
+                guard seq > cursor else { continue }
                 for w in try await tx.query(
                     "SELECT run_id, step, match FROM workflow_waits WHERE event_type = $1 AND after_seq < $2", type, seq) {
                     let match = try JSON.decoder().decode([String: String].self, from: Data(try w.string("match").utf8))
@@ -180,9 +219,39 @@ struct RunStore: Sendable {
                     }
                 }
             }
-            try await tx.query("UPDATE workflow_cursor SET seq = $1 WHERE name = 'events'", try events.last!.int("seq"))
+            let last = try events.last!.int("seq")
+            if last > cursor { try await tx.query("UPDATE workflow_cursor SET seq = $1 WHERE name = 'events'", last) }
+            // One statement for all (rows exist from `register`; one that does not follows the
+            // shared cursor).
+            let behind = triggered.map(\.id).filter { starts[$0]! < last }
+            if !behind.isEmpty {
+                try await tx.query(
+                    "UPDATE workflow_start_cursors SET seq = $1 WHERE function_id IN (\(SQL.list(behind.count, from: 2)))",
+                    [last] as [any SQLBindable] + behind)
+            }
             return (events.count, runnable)
         }
+    }
+
+    /// Where `functions` start runs from; one without a cursor yet (its node has not registered
+    /// it) from `cursor`.
+    private static func startCursors(_ conn: any SQLExecutor, of functions: [WorkflowFunction], default cursor: Int64) async throws -> [String: Int64] {
+        var starts = Dictionary(uniqueKeysWithValues: functions.map { ($0.id, cursor) })
+        guard !functions.isEmpty else { return starts }
+        for row in try await conn.query("SELECT function_id, seq FROM workflow_start_cursors") {
+            let id = try row.string("function_id")
+            if starts[id] != nil { starts[id] = try row.int("seq") }
+        }
+        return starts
+    }
+
+    /// The first event of `type` in `(after, through]` whose payload matches `match`.
+    private static func firstMatch(_ tx: Transaction, type: String, after: Int64, through: Int64, match: [String: String]) async throws -> Int64? {
+        for e in try await tx.query(
+            "SELECT seq, payload FROM events WHERE type = $1 AND seq > $2 AND seq <= $3 ORDER BY seq", type, after, through) {
+            if EventMatch.matches(try e.string("payload"), match) { return try e.int("seq") }
+        }
+        return nil
     }
 
     static let activeList = "('queued', 'running', 'sleeping', 'waiting')"
@@ -280,8 +349,8 @@ struct RunStore: Sendable {
         static let all = Work(events: true, runs: true)
     }
 
-    /// Whether the log has events not yet dispatched, and whether a run of `functions` is due (or
-    /// its worker died).
+    /// Whether the log has events not yet dispatched (for waits and cancellations, or to start
+    /// runs of `functions`), and whether a run of `functions` is due (or its worker died).
     func work(now: Timestamp, functions: Set<String>) async throws -> Work {
         try await db.read { conn in
             let row = try await conn.first(
@@ -290,9 +359,14 @@ struct RunStore: Sendable {
                        (SELECT COALESCE(MAX(seq), 0) FROM events) AS head
                 """)
             guard let row else { return .all }
+            var from = try row.int("cursor")
+            for start in try await conn.query("SELECT function_id, seq FROM workflow_start_cursors")
+            where functions.contains(try start.string("function_id")) {
+                from = min(from, try start.int("seq"))
+            }
             let (due, lease) = try await Self.schedule(conn, of: functions)
             let expired = lease.map { $0 < Timestamp.now() } ?? false
-            return Work(events: try row.int("head") > row.int("cursor"), runs: (due.map { $0 <= now } ?? false) || expired)
+            return Work(events: try row.int("head") > from, runs: (due.map { $0 <= now } ?? false) || expired)
         }
     }
 

@@ -71,6 +71,7 @@ public final class WorkflowEngine: Service, Sendable {
     /// Call once the schema exists (migrations ran); `run()` waits for it.
     public func prepare() async throws {
         try await store.releaseOrphans()
+        try await store.register(functions: ordered)
         readiness.markReady()
     }
 

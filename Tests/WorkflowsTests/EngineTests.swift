@@ -114,6 +114,46 @@ struct EngineTests {
         }
     }
 
+    /// A rolling upgrade: a node of the new version, with a function the old one lacks, has
+    /// started (and registered it); an old node goes on dispatching. The new function still
+    /// gets every event from its node's start, each run starts once, and a cancelling event
+    /// the old node passed before the run existed cancels it.
+    @Test(arguments: Backend.all)
+    func aFunctionNewInAVersionGetsTheEventsOlderNodesDispatched(_ backend: Backend) async throws {
+        let old = WorkflowFunction("old", on: Ping.self) { _, _ in }
+        let new = WorkflowFunction("new", on: Ping.self, cancelOn: CancelOn(Pong.self) { ["user": $0.user] }) { _, _ in }
+        try await TestDatabase.with(backend, migrations: WorkflowEngine.migrations) { db in
+            let store = RunStore(db: db)
+            @Sendable func startCursor(_ id: String) async throws -> Int64? {
+                try await db.read { try await $0.first("SELECT seq FROM workflow_start_cursors WHERE function_id = $1", id)?.int("seq") }
+            }
+            // Before the new version: the old node alone.
+            try await store.register(functions: [old])
+            try await send(db, Ping(id: "before"))
+            _ = try await store.dispatch(functions: [old], now: .now())
+            let oldCursor = try #require(try await startCursor("old"))
+            // The new version's first node starts; an old node dispatches the next events (old
+            // code moves only the shared cursor, so its start cursor is put back).
+            try await store.register(functions: [old, new])
+            try await send(db, Ping(id: "a", user: "ada"))
+            try await send(db, Ping(id: "b", user: "bob"))
+            try await send(db, Pong(user: "bob"))
+            _ = try await store.dispatch(functions: [old], now: .now())
+            try await db.write { tx in try await tx.query("UPDATE workflow_start_cursors SET seq = $1 WHERE function_id = 'old'", oldCursor) }
+            #expect(try await store.work(now: .now(), functions: ["old", "new"]).events)
+            #expect(try await runs(db, function: "new").isEmpty)
+            // The new node's dispatch catches up.
+            _ = try await store.dispatch(functions: [old, new], now: .now())
+            let newRuns = try await runs(db, function: "new")
+            #expect(newRuns.map(\.status) == ["queued", "cancelled"], "\(newRuns)")
+            #expect(try await runs(db, function: "old").count == 3)
+            let head = try await EventLog.head(db)
+            #expect(try await startCursor("new") == head)
+            #expect(try await startCursor("old") == head)
+            #expect(try await store.work(now: .now(), functions: ["old", "new"]).events == false)
+        }
+    }
+
     @Test(arguments: Backend.all)
     func sleepsWakeOnTimeAndSurviveTheirWorker(_ backend: Backend) async throws {
         let probe = Probe()
