@@ -118,7 +118,7 @@ struct RunStore: Sendable {
         // functions it has, so a function new in a version must not depend on older nodes
         // (which pass events on the shared cursor) having started its runs.
         Migration(service: "workflows", version: 3, [
-            "CREATE TABLE workflow_start_cursors (function_id TEXT PRIMARY KEY, seq BIGINT NOT NULL)"
+            "CREATE TABLE workflow_start_cursors (function_id TEXT PRIMARY KEY, seq BIGINT NOT NULL, moved_at BIGINT NOT NULL)"
         ]),
     ]
 
@@ -127,19 +127,28 @@ struct RunStore: Sendable {
     /// Events one dispatch transaction handles at most; fewer means it caught up.
     static let dispatchBatch = 500
 
-    /// Gives each event-triggered function of this node a start cursor, at the shared cursor, if
-    /// it has none: a function new in this version starts runs for the events from the moment
-    /// its first node started, whichever nodes dispatch them meanwhile.
-    func register(functions: [WorkflowFunction]) async throws {
-        let ids = functions.filter { $0.schedule == nil }.map(\.id)
+    /// A start cursor left behind this long had no node with its function (one that has it
+    /// moves it with every dispatch).
+    static let abandonedAfter: Duration = .seconds(3600)
+
+    /// Gives each event-triggered function of this node a start cursor at the shared cursor: a
+    /// function new in this version starts runs for the events from the moment its first node
+    /// started, whichever nodes dispatch them meanwhile. A cursor no node has moved for
+    /// `abandonedAfter` (the function was switched off, or a version rolled back) starts
+    /// afresh too, rather than replaying the log since.
+    func register(functions: [WorkflowFunction], now: Timestamp = .now()) async throws {
+        // Sorted: nodes of two versions starting at once take the rows in the same order.
+        let ids = functions.filter { $0.schedule == nil }.map(\.id).sorted()
         guard !ids.isEmpty else { return }
         try await db.write { tx in
             for id in ids {
                 try await tx.query(
                     """
-                    INSERT INTO workflow_start_cursors (function_id, seq)
-                    SELECT $1, seq FROM workflow_cursor WHERE name = 'events' ON CONFLICT (function_id) DO NOTHING
-                    """, id)
+                    INSERT INTO workflow_start_cursors (function_id, seq, moved_at)
+                    SELECT $1, seq, $2 FROM workflow_cursor WHERE name = 'events'
+                    ON CONFLICT (function_id) DO UPDATE SET moved_at = excluded.moved_at,
+                        seq = CASE WHEN workflow_start_cursors.moved_at < $3 THEN excluded.seq ELSE workflow_start_cursors.seq END
+                    """, id, now, now.adding(seconds: -Self.abandonedAfter.seconds))
             }
         }
     }
@@ -185,17 +194,17 @@ struct RunStore: Sendable {
                         a.concurrencyKey, a.concurrencyLimit, f.cancelEvent, cancelMatch, now,
                         // Whole milliseconds, as the API writes them: a page cursor read back is exact.
                         Timestamp(microseconds: now.microseconds / 1000 * 1000))
-                    guard let run = try inserted.first?.string("id") else { continue }
-                    runnable = true
-                    // Started late (an older node passed the event): a cancelling event since
-                    // then was dispatched before the run existed.
-                    if seq <= cursor, let cancelEvent = f.cancelEvent, let match = a.cancelMatch,
-                       let by = try await Self.firstMatch(tx, type: cancelEvent, after: seq, through: cursor, match: match) {
-                        try await cancel(tx, run: run, reason: "cancelled by \(cancelEvent) #\(by)", now: now)
+                    if !inserted.isEmpty { runnable = true }
+                }
+                guard seq > cursor else {
+                    // Passed by a node without these functions: it cancelled none of their runs
+                    // (those it started just now included).
+                    for f in triggered where f.cancelEvent == type && seq > starts[f.id]! {
+                        try await cancelRuns(tx, by: type, seq: seq, payload: payload, of: f.id, now: now)
                     }
+                    continue
                 }
                 // Waits and cancellations: once per event, on the shared cursor.
-                guard seq > cursor else { continue }
                 for w in try await tx.query(
                     "SELECT run_id, step, match FROM workflow_waits WHERE event_type = $1 AND after_seq < $2", type, seq) {
                     let match = try JSON.decoder().decode([String: String].self, from: Data(try w.string("match").utf8))
@@ -209,14 +218,7 @@ struct RunStore: Sendable {
                     runnable = true
                 }
                 if cancelTypes.contains(type) {
-                    for r in try await tx.query(
-                        "SELECT id, cancel_match, event_seq FROM workflow_runs WHERE cancel_event = $1 AND status IN \(Self.activeList)", type) {
-                        guard try r.int("event_seq") < seq, let m = try r.optionalString("cancel_match"),
-                              let match = try? JSON.decoder().decode([String: String].self, from: Data(m.utf8)),
-                              EventMatch.matches(payload, match)
-                        else { continue }
-                        try await cancel(tx, run: try r.string("id"), reason: "cancelled by \(type) #\(seq)", now: now)
-                    }
+                    try await cancelRuns(tx, by: type, seq: seq, payload: payload, of: nil, now: now)
                 }
             }
             let last = try events.last!.int("seq")
@@ -226,8 +228,9 @@ struct RunStore: Sendable {
             let behind = triggered.map(\.id).filter { starts[$0]! < last }
             if !behind.isEmpty {
                 try await tx.query(
-                    "UPDATE workflow_start_cursors SET seq = $1 WHERE function_id IN (\(SQL.list(behind.count, from: 2)))",
-                    [last] as [any SQLBindable] + behind)
+                    "UPDATE workflow_start_cursors SET seq = $1, moved_at = $2 WHERE function_id IN (\(SQL.list(behind.count, from: 3)))",
+                    // The real time (`now` is the engine's clock): `register` compares it with its own.
+                    [last, Timestamp.now()] as [any SQLBindable] + behind)
             }
             return (events.count, runnable)
         }
@@ -245,13 +248,19 @@ struct RunStore: Sendable {
         return starts
     }
 
-    /// The first event of `type` in `(after, through]` whose payload matches `match`.
-    private static func firstMatch(_ tx: Transaction, type: String, after: Int64, through: Int64, match: [String: String]) async throws -> Int64? {
-        for e in try await tx.query(
-            "SELECT seq, payload FROM events WHERE type = $1 AND seq > $2 AND seq <= $3 ORDER BY seq", type, after, through) {
-            if EventMatch.matches(try e.string("payload"), match) { return try e.int("seq") }
+    /// Cancels the active runs (of `function`, or of any) that the event `type` #`seq` cancels:
+    /// started by an earlier event, with a matching cancel filter.
+    private func cancelRuns(_ tx: Transaction, by type: String, seq: Int64, payload: String, of function: String?, now: Timestamp) async throws {
+        let only = function == nil ? "" : " AND function_id = $2"
+        for r in try await tx.query(
+            "SELECT id, cancel_match, event_seq FROM workflow_runs WHERE cancel_event = $1\(only) AND status IN \(Self.activeList)",
+            [type] + (function.map { [$0] } ?? [])) {
+            guard try r.int("event_seq") < seq, let m = try r.optionalString("cancel_match"),
+                  let match = try? JSON.decoder().decode([String: String].self, from: Data(m.utf8)),
+                  EventMatch.matches(payload, match)
+            else { continue }
+            try await cancel(tx, run: try r.string("id"), reason: "cancelled by \(type) #\(seq)", now: now)
         }
-        return nil
     }
 
     static let activeList = "('queued', 'running', 'sleeping', 'waiting')"

@@ -151,6 +151,31 @@ struct EngineTests {
             #expect(try await startCursor("new") == head)
             #expect(try await startCursor("old") == head)
             #expect(try await store.work(now: .now(), functions: ["old", "new"]).events == false)
+
+            // A run the new node started on time, cancelled by an event only an old node passed,
+            // caught up over several batches.
+            try await send(db, Ping(id: "c", user: "cy"))
+            _ = try await store.dispatch(functions: [old, new], now: .now())
+            let caughtUp = try #require(try await startCursor("old"))
+            for n in 0..<3 { try await send(db, Pong(user: "u\(n)")) }
+            try await send(db, Pong(user: "cy"))
+            _ = try await store.dispatch(functions: [old], now: .now())
+            try await db.write { tx in try await tx.query("UPDATE workflow_start_cursors SET seq = $1 WHERE function_id = 'old'", caughtUp) }
+            while try await store.dispatch(functions: [old, new], now: .now(), batch: 2).events > 0 {}
+            #expect(try await runs(db, function: "new").map(\.status) == ["queued", "cancelled", "cancelled"])
+            #expect(try await runs(db, function: "old").count == 4)
+
+            // A function no node has had for an hour (switched off, or a version rolled back)
+            // starts afresh when it comes back, instead of replaying the log since.
+            let gone = WorkflowFunction("gone", on: Ping.self) { _, _ in }
+            try await store.register(functions: [gone])
+            let left = try #require(try await startCursor("gone"))
+            try await send(db, Ping(id: "d"))
+            _ = try await store.dispatch(functions: [old, new], now: .now())
+            try await store.register(functions: [gone], now: Timestamp.now().adding(seconds: 1800))
+            #expect(try await startCursor("gone") == left, "back within the hour: the events since are its")
+            try await store.register(functions: [gone], now: Timestamp.now().adding(seconds: 1800 + 3700))
+            #expect(try await startCursor("gone") == (try await EventLog.head(db)))
         }
     }
 
