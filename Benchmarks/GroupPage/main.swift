@@ -199,7 +199,7 @@ func measure(_ name: String, rate: Double, seconds: Double, pool: Pool,
             group.addTask {
                 let cost = try await view(pool.client())
                 let d = scheduled.duration(to: .now)
-                return (Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15, cost)
+                return (d.seconds * 1000, cost)
             }
         }
         var all: [(Double, Cost)] = []

@@ -169,7 +169,7 @@ func run(_ options: Options, workers: Int, url: String) async throws -> Result {
                 let db = dbs[0]
                 while try await completed(db) < jobs { try await Task.sleep(for: .milliseconds(20)) }
                 let elapsed = ContinuousClock.now - start
-                let jobsPerSecond = Double(jobs) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+                let jobsPerSecond = Double(jobs) / elapsed.seconds
                 // Steady arrivals, one event per transaction, on a fixed schedule.
                 let total = Int(rate * seconds)
                 let interval = 1.0 / rate

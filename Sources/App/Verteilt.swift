@@ -56,7 +56,8 @@ public struct Verteilt: Sendable {
             retention: config.eventRetention, heartbeat: config.realtime.heartbeat, logger: logger)
         let presence = Presence(
             db: db, bus: bus, groups: groups, grace: config.presenceGrace, heartbeat: config.presenceHeartbeat, logger: logger)
-        let streams = StreamsService(db: db, groups: groups, chats: chats, presence: presence)
+        let streams = StreamsService(
+            db: db, groups: groups, chats: chats, presence: presence, tokenLifetime: config.realtime.tokenLifetime)
         let transport = try mailTransport(config, db: db)
         let mailer = Mailer(from: config.mail.from, transport: transport)
         let workflows = WorkflowEngine(

@@ -40,7 +40,7 @@ public struct RequestIDMiddleware: RouterMiddleware {
         context.logger.info("request", metadata: [
             "method": .string(request.method.rawValue), "path": .string(request.uri.path),
             "status": .stringConvertible(response.status.code),
-            "ms": .stringConvertible(Double(elapsed.components.attoseconds) / 1e15 + Double(elapsed.components.seconds) * 1000),
+            "ms": .stringConvertible(elapsed.seconds * 1000),
         ])
         return response
     }

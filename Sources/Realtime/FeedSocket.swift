@@ -203,8 +203,7 @@ struct FrameBudget {
 
     mutating func take() -> Bool {
         let now = ContinuousClock.now
-        let d = updated.duration(to: now)
-        tokens = min(perSecond * 2, tokens + (Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18) * perSecond)
+        tokens = min(perSecond * 2, tokens + updated.duration(to: now).seconds * perSecond)
         updated = now
         guard tokens >= 1 else { return false }
         tokens -= 1
@@ -227,5 +226,7 @@ public struct RealtimeLimits: Sendable {
     public var closeTimeout: Duration = .seconds(5)
     /// How often the server pings; a socket silent for two periods is closed.
     public var heartbeat: Duration = .seconds(20)
+    /// How long a `streams/Token` token (a feed ticket too) may wait for its one use.
+    public var tokenLifetime: Duration = .seconds(60)
     public init() {}
 }

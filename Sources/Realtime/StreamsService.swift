@@ -14,7 +14,7 @@ public struct StreamsService: ServiceDefinition {
     let groups: any GroupsClient
     let chats: any ChatsClient
     let presence: Presence
-    static let tokenLifetime = 60.0
+    let tokenLifetime: Duration
     static let maxMessageLength = 16_384
 
     public static let migrations = [
@@ -32,11 +32,13 @@ public struct StreamsService: ServiceDefinition {
         Migration(service: "realtime", version: 3, ["ALTER TABLE realtime_tokens ADD COLUMN session_id TEXT"]),
     ]
 
-    public init(db: any Database, groups: any GroupsClient, chats: any ChatsClient, presence: Presence) {
+    public init(db: any Database, groups: any GroupsClient, chats: any ChatsClient, presence: Presence,
+                tokenLifetime: Duration = .seconds(60)) {
         self.db = db
         self.groups = groups
         self.chats = chats
         self.presence = presence
+        self.tokenLifetime = tokenLifetime
     }
 
     public struct PublishRequest: Codable, Sendable {
@@ -100,7 +102,7 @@ public struct StreamsService: ServiceDefinition {
         }
         let token = Secrets.token()
         let tokenTopic = topic
-        let expires = Timestamp.now().adding(seconds: Self.tokenLifetime)
+        let expires = Timestamp.now().adding(tokenLifetime)
         try await db.write { tx in
             try await tx.query("DELETE FROM realtime_tokens WHERE expires_at < $1", Timestamp.now())
             try await tx.query(

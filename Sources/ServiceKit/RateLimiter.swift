@@ -54,8 +54,7 @@ public actor RateLimiter {
     private func refreshed(_ key: String, _ now: ContinuousClock.Instant) -> Bucket {
         guard var bucket = buckets[key] else { return Bucket(tokens: Double(rule.burst), updated: now) }
         let elapsed = bucket.updated.duration(to: now)
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        bucket.tokens = min(Double(rule.burst), bucket.tokens + seconds / rule.refillSeconds)
+        bucket.tokens = min(Double(rule.burst), bucket.tokens + elapsed.seconds / rule.refillSeconds)
         bucket.updated = now
         return bucket
     }

@@ -14,6 +14,7 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
     public func adding(seconds: Double) -> Timestamp {
         Timestamp(microseconds: microseconds + Int64(seconds * 1_000_000))
     }
+    public func adding(_ duration: Duration) -> Timestamp { adding(seconds: duration.seconds) }
 
     public var description: String { rfc3339 }
 
@@ -53,4 +54,9 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable, CustomStringCo
         var c = encoder.singleValueContainer()
         try c.encode(rfc3339)
     }
+}
+
+extension Duration {
+    /// The duration in seconds, fractions included (what rates and `Timestamp.adding` take).
+    public var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

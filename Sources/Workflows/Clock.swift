@@ -32,9 +32,8 @@ public final class ManualClock: WorkflowClock {
     public func now() -> Timestamp { state.withLockedValue { $0.now } }
 
     public func advance(by duration: Duration) {
-        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
         let due = state.withLockedValue { s -> [CheckedContinuation<Void, any Error>] in
-            s.now = s.now.adding(seconds: seconds)
+            s.now = s.now.adding(duration)
             let ready = s.sleepers.filter { $0.value.0 <= s.now }
             for id in ready.keys { s.sleepers.removeValue(forKey: id) }
             return ready.values.map(\.1)
@@ -58,8 +57,4 @@ public final class ManualClock: WorkflowClock {
         }
         try Task.checkCancellation()
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }

@@ -329,7 +329,7 @@ struct RunStore: Sendable {
                     UPDATE workflow_runs SET status = 'running', locked_by = $2, locked_until = $3,
                         attempts = attempts + 1, started_at = COALESCE(started_at, $4)
                     WHERE id = $1 RETURNING event_payload, event_seq, attempts, started_at
-                    """, id, worker, real.adding(seconds: lease.seconds), now)
+                    """, id, worker, real.adding(lease), now)
                 guard let row = rows.first else { continue }
                 let attempt = Int(try row.int("attempts"))
                 try await tx.query(
@@ -405,7 +405,7 @@ struct RunStore: Sendable {
         try await db.write { tx in
             try await !tx.query(
                 "UPDATE workflow_runs SET locked_until = $3 WHERE id = $1 AND locked_by = $2 AND status = 'running' RETURNING id",
-                run, worker, Timestamp.now().adding(seconds: lease.seconds)
+                run, worker, Timestamp.now().adding(lease)
             ).isEmpty
         }
     }

@@ -101,7 +101,7 @@ public final class Step: Sendable {
 
     /// Pauses the run for `duration`; the worker is free meanwhile, and a restart does not reset it.
     public func sleep(_ name: String, for duration: Duration) async throws {
-        try await sleep(name, until: clock.now().adding(seconds: duration.seconds), relative: true)
+        try await sleep(name, until: clock.now().adding(duration), relative: true)
     }
 
     /// Pauses the run until `time`.
@@ -162,7 +162,7 @@ public final class Step: Sendable {
             default: break
             }
         }
-        let expires = clock.now().adding(seconds: timeout.seconds)
+        let expires = clock.now().adding(timeout)
         let wait = Wait(eventType: E.name, match: match, afterSeq: eventSeq)
         if let found = try await store.suspend(
             run: runID, worker: worker, step: key, position: position, status: .waiting, until: expires, wait: wait) {

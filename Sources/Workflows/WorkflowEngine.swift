@@ -106,7 +106,7 @@ public final class WorkflowEngine: Service, Sendable {
     private func timer() async {
         while !Task.isCancelled {
             let due = (try? await store.nextDue(functions: functionIDs)) ?? nil
-            let cap = clock.now().adding(seconds: configuration.pollInterval.seconds)
+            let cap = clock.now().adding(configuration.pollInterval)
             let target = min(due ?? cap, cap)
             let clock = self.clock
             let sleeper = Task<Void, Never> { _ = try? await clock.sleep(until: target) }
@@ -188,7 +188,7 @@ public final class WorkflowEngine: Service, Sendable {
         }
         let step = Step(runID: run.id, attempt: run.attempt, store: store, worker: workerID, clock: clock,
                         eventSeq: run.eventSeq, memo: run.steps)
-        let deadline = function.timeout.map { run.startedAt.adding(seconds: $0.seconds) }
+        let deadline = function.timeout.map { run.startedAt.adding($0) }
         enum Outcome: Sendable { case done, timedOut, lost, error(any Error) }
         let outcome: Outcome = await withTaskGroup(of: Outcome?.self) { group in
             group.addTask {

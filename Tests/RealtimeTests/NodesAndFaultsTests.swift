@@ -44,8 +44,9 @@ struct NodesAndFaultsTests {
 
     /// kill -9 while senders post and clients receive; restart; clients resume from their cursors:
     /// every acknowledged message arrives at every member exactly once and in order.
-    @Test func killedServerLosesNothing() async throws {
-        let db = try await TestDatabase.make(.sqlite)
+    @Test(arguments: Backend.all)
+    func killedServerLosesNothing(_ backend: Backend) async throws {
+        let db = try await TestDatabase.make(backend)
         let server = ServerProcess(database: db.url)
         defer { server.stop() }
         try await server.start()

@@ -1,5 +1,6 @@
 import Foundation
 import Realtime
+import ServiceKit
 import Testing
 import TestSupport
 
@@ -72,6 +73,28 @@ struct StreamsTests {
             let garbage = try await WSClient(port: api.port, path: "/v1/streams/Subscribe")
             try await garbage.send("hello")
             #expect(try await garbage.closeCode() == 1008)
+        }
+    }
+
+    /// A token, and a feed ticket (which is one), is refused once its lifetime is over; the
+    /// answer says when that is.
+    @Test(arguments: Backend.all)
+    func anExpiredTokenOrTicketIsRefused(_ backend: Backend) async throws {
+        try await withTestApp(backend, configure: { $0.realtime.tokenLifetime = .seconds(2) }) { api in
+            let f = try await api.fixture()
+            let before = Timestamp.now()
+            let t = try await api.post("streams/Token", ["topic": f.groupID], token: f.member.token)
+            let ticket = try #require(try await api.post("streams/Token", token: f.member.token)["token"] as? String)
+            let issued = ContinuousClock.now
+            let token = try #require(t["token"] as? String)
+            let expires = try #require((t["expires_at"] as? String).flatMap(Timestamp.init(rfc3339:)))
+            // Milliseconds on the wire.
+            #expect(expires >= before.adding(seconds: 1.999) && expires <= Timestamp.now().adding(seconds: 2.001))
+
+            try await Task.sleep(until: issued + .milliseconds(2_300))
+            let late = try await subscribe(api, topic: f.groupID, token: token)
+            #expect(try await late.closeCode() == 1008)
+            await #expect(throws: (any Error).self) { _ = try await WSClient(port: api.port, path: "/v1/events?ticket=\(ticket)") }
         }
     }
 
