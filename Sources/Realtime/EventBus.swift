@@ -144,8 +144,7 @@ public final class EventBus: Service, Sendable {
             group.addTask {
                 // Events older than the retention period go; clients holding older cursors reload.
                 while !Task.isCancelled {
-                    let seconds = Double(self.retention.components.seconds)
-                    try? await self.prune(before: Timestamp.now().adding(seconds: -seconds))
+                    try? await self.prune(before: Timestamp.now().adding(seconds: -self.retention.seconds))
                     try? await Task.sleep(for: .seconds(3600))
                 }
             }

@@ -44,7 +44,7 @@ public final class Presence: Service, Sendable {
         self.groups = groups
         self.grace = grace
         self.heartbeat = heartbeat
-        self.staleAfter = Double(heartbeat.components.seconds) * 3 + 1
+        self.staleAfter = heartbeat.seconds * 3 + 1
         self.logger = logger
     }
 

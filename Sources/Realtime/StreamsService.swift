@@ -32,8 +32,9 @@ public struct StreamsService: ServiceDefinition {
         Migration(service: "realtime", version: 3, ["ALTER TABLE realtime_tokens ADD COLUMN session_id TEXT"]),
     ]
 
+    /// `tokenLifetime`: `RealtimeLimits.tokenLifetime`.
     public init(db: any Database, groups: any GroupsClient, chats: any ChatsClient, presence: Presence,
-                tokenLifetime: Duration = .seconds(60)) {
+                tokenLifetime: Duration) {
         self.db = db
         self.groups = groups
         self.chats = chats
